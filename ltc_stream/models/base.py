@@ -1,0 +1,71 @@
+"""The interface every video model implements, so the streaming generator, the server and the
+benchmarks treat the default model, causal Wan and AnimateDiff-Lightning alike.
+
+A model turns a prompt embedding plus its own causal context (previous latents, a KV cache)
+into the next chunk of RGB frames. It owns its sampler and its LTC weights; the caller only
+says whether LTC is on.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class ChunkResult:
+    """One generated chunk and what it cost."""
+
+    frames: np.ndarray  # uint8 RGB, shape [T, H, W, 3]
+    model_calls: int  # denoiser evaluations made (one classifier-free-guided batch counts once)
+    steps: int  # steps of the sampling schedule; steps - model_calls were estimated by LTC
+    denoise_s: float = 0.0  # wall seconds spent sampling latents
+    decode_s: float = 0.0  # wall seconds spent decoding latents to frames
+    extra: dict[str, Any] = field(default_factory=dict)  # model-specific figures (angles, w_g, ...)
+
+    @property
+    def skipped(self) -> int:
+        return self.steps - self.model_calls
+
+
+class VideoModel(ABC):
+    """A chunk-wise (causal) video generator.
+
+    Embeddings returned by `encode_prompt` have a fixed shape for a given model, so the
+    streaming generator can blend an old and a new prompt linearly.
+    """
+
+    name: str
+    height: int
+    width: int
+    fps: float
+    frames_per_chunk: int
+    steps: int  # sampling steps per chunk (before LTC skips any)
+    device: torch.device
+
+    @abstractmethod
+    def encode_prompt(self, text: str) -> torch.Tensor:
+        """Prompt text -> conditioning embedding (fixed shape; implementations cache it)."""
+
+    @abstractmethod
+    def new_stream(self, seed: int = 0) -> Any:
+        """A fresh causal context (no previous chunks) whose noise is drawn from `seed`."""
+
+    @abstractmethod
+    def generate_chunk(self, state: Any, embedding: torch.Tensor, *, ltc: bool = True) -> ChunkResult:
+        """Generate the next chunk after the ones already in `state`, updating `state` in place."""
+
+    def describe(self) -> dict[str, Any]:
+        """What /health and the benchmarks print about the model."""
+        return {
+            "name": self.name,
+            "height": self.height,
+            "width": self.width,
+            "fps": self.fps,
+            "frames_per_chunk": self.frames_per_chunk,
+            "steps": self.steps,
+            "device": str(self.device),
+        }

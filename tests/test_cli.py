@@ -1,0 +1,41 @@
+"""The CLI's contract: every listed command imports and has --help; user errors are one line."""
+import subprocess
+import sys
+
+import pytest
+
+from ltc_stream import cli
+from ltc_stream.device import resolve_device
+from ltc_stream.errors import ConfigError, ModelNotFoundError
+from ltc_stream.models import load_model
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "ltc_stream", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_every_command():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for name in cli.COMMANDS:
+        assert name in out.stdout
+
+
+def test_unknown_command_is_one_clear_line():
+    out = run_cli("no-such-command")
+    assert out.returncode == 2
+    assert "unknown command 'no-such-command'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unknown_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="neither a built-in name"):
+        load_model(str(tmp_path / "missing"))
+    with pytest.raises(ModelNotFoundError, match="neither ltc_model.json"):
+        load_model(str(tmp_path))
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ConfigError, match="unknown device"):
+        resolve_device("tpu")
