@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench-e2e": ("ltc_stream.server.bench_e2e", "start a server, connect a WebRTC client, report FPS and latency"),
     "bench": ("ltc_stream.bench", "benchmark a model's chunk generation (denoise, decode, end-to-end FPS)"),
     "train-default": ("ltc_stream.models.default.train", "train and distil the built-in default model"),
+    "eval-default": ("ltc_stream.models.default.evaluate", "measure the default model: speed, prompt fidelity, continuity, LTC"),
 }
 
 
