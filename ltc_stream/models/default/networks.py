@@ -1,0 +1,197 @@
+"""The default model's networks: a per-frame 8x autoencoder and a causal, text-conditioned
+(2+1)-D convolutional denoiser that predicts the flow-matching velocity of a chunk of latents.
+
+Sizes are set by `NetConfig` (saved in ltc_model.json), so the tests can build tiny ones.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .text import EMBED_DIM
+
+
+@dataclass
+class NetConfig:
+    height: int = 128
+    width: int = 128
+    latent_channels: int = 8
+    frames_per_chunk: int = 8
+    context_frames: int = 2  # latent frames of the previous chunk the denoiser sees
+    ae_widths: tuple[int, ...] = (16, 32, 64)  # full, 1/2, 1/4 resolution; latent at 1/8
+    width0: int = 48  # denoiser width at latent resolution
+    width1: int = 96  # denoiser width at half latent resolution
+    blocks0: int = 2
+    blocks1: int = 2
+    cond_dim: int = 128
+    text_queries: int = 4
+    max_tokens: int = 16
+    text_dim: int = EMBED_DIM
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NetConfig":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key in ("ae_widths",):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autoencoder: frames [N, 3, H, W] in [-1, 1] <-> latents [N, C, H/8, W/8]
+# ---------------------------------------------------------------------------------------------
+class Encoder(nn.Module):
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        w = cfg.ae_widths
+        self.net = nn.Sequential(
+            nn.Conv2d(3, w[0], 3, padding=1), nn.SiLU(),
+            nn.Conv2d(w[0], w[1], 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(w[1], w[2], 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(w[2], w[2], 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(w[2], w[2], 3, padding=1), nn.SiLU(),
+            nn.Conv2d(w[2], cfg.latent_channels, 1),
+        )
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.net(frames)
+
+
+class Decoder(nn.Module):
+    """Thin at full resolution: the high-resolution layers dominate decoding cost on CPU."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        w = cfg.ae_widths
+        self.net = nn.Sequential(
+            nn.Conv2d(cfg.latent_channels, w[2], 3, padding=1), nn.SiLU(),
+            nn.Conv2d(w[2], w[2], 3, padding=1), nn.SiLU(),
+            nn.ConvTranspose2d(w[2], w[1], 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(w[1], w[1], 3, padding=1), nn.SiLU(),
+            nn.ConvTranspose2d(w[1], w[0], 4, stride=2, padding=1), nn.SiLU(),
+            nn.ConvTranspose2d(w[0], w[0], 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(w[0], 3, 3, padding=1),
+        )
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.net(latents)
+
+
+class Autoencoder(nn.Module):
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        # Latents are divided by this so the diffusion model sees unit variance (set after training).
+        self.register_buffer("latent_scale", torch.ones(()))
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.encoder(frames) / self.latent_scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latents * self.latent_scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Denoiser
+# ---------------------------------------------------------------------------------------------
+def sigma_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of 1000*sigma (the usual timestep embedding, in sigma units)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
+    args = 1000.0 * sigma.float()[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+class TextPooling(nn.Module):
+    """Learned queries attend over the prompt's token states (padding rows masked out)."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(cfg.text_queries, cfg.text_dim) * 0.02)
+        self.key = nn.Linear(cfg.text_dim, cfg.text_dim)
+        self.out = nn.Linear(cfg.text_queries * cfg.text_dim, cfg.cond_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = tokens.abs().sum(-1) > 0  # [B, L]; blended prompts keep the union of both masks
+        scores = torch.einsum("qd,bld->bql", self.queries, self.key(tokens)) / math.sqrt(tokens.shape[-1])
+        scores = scores.masked_fill(~mask[:, None, :], -1e4)
+        pooled = torch.einsum("bql,bld->bqd", scores.softmax(-1), tokens)
+        return self.out(pooled.flatten(1))
+
+
+class FiLMBlock(nn.Module):
+    """(2+1)-D residual block: spatial 3x3 conv, FiLM from the condition, temporal 3-tap conv."""
+
+    def __init__(self, width: int, cond_dim: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(8, width)
+        self.spatial = nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1))
+        self.film = nn.Linear(cond_dim, 2 * width)
+        self.temporal = nn.Conv3d(width, width, (3, 1, 1), padding=(1, 0, 0))
+        nn.init.zeros_(self.temporal.weight)
+        nn.init.zeros_(self.temporal.bias)
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(cond)[:, :, None, None, None].chunk(2, dim=1)
+        y = self.spatial(F.silu(self.norm(h)))
+        y = F.silu(y * (1 + scale) + shift)
+        return h + self.temporal(y)
+
+
+class Denoiser(nn.Module):
+    """Predicts the flow-matching velocity v = noise - x0 of a latent chunk [B, C, T, h, w],
+    given sigma, the prompt's token states and the previous chunk's last latent frames."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        self.cfg = cfg
+        c, w0, w1 = cfg.latent_channels, cfg.width0, cfg.width1
+        in_ch = c + c * cfg.context_frames + 1  # noisy chunk, context frames, has-context flag
+        self.text = TextPooling(cfg)
+        self.sigma_mlp = nn.Sequential(nn.Linear(cfg.cond_dim, cfg.cond_dim), nn.SiLU(), nn.Linear(cfg.cond_dim, cfg.cond_dim))
+        self.cond_mlp = nn.Sequential(nn.SiLU(), nn.Linear(cfg.cond_dim, cfg.cond_dim))
+        self.frame_pos = nn.Parameter(torch.zeros(1, w0, cfg.frames_per_chunk, 1, 1))
+        self.inp = nn.Conv3d(in_ch, w0, (1, 3, 3), padding=(0, 1, 1))
+        self.down_blocks = nn.ModuleList(FiLMBlock(w0, cfg.cond_dim) for _ in range(cfg.blocks0))
+        self.down = nn.Conv3d(w0, w1, (1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.mid_blocks = nn.ModuleList(FiLMBlock(w1, cfg.cond_dim) for _ in range(cfg.blocks1))
+        self.up = nn.ConvTranspose3d(w1, w0, (1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.up_blocks = nn.ModuleList(FiLMBlock(w0, cfg.cond_dim) for _ in range(cfg.blocks0))
+        self.out_norm = nn.GroupNorm(8, w0)
+        self.out = nn.Conv3d(w0, c, (1, 3, 3), padding=(0, 1, 1))
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def condition(self, sigma: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.cond_mlp(self.text(tokens) + self.sigma_mlp(sigma_embedding(sigma, self.cfg.cond_dim)))
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, tokens: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        b, c, t, hh, ww = x.shape
+        if sigma.ndim == 0:
+            sigma = sigma.expand(b)
+        if context is None:
+            ctx = x.new_zeros(b, c * self.cfg.context_frames, t, hh, ww)
+            flag = x.new_zeros(b, 1, t, hh, ww)
+        else:  # context [B, C, Tc, h, w] -> channels, broadcast over the chunk's frames
+            ctx = context.reshape(b, c * self.cfg.context_frames, 1, hh, ww).expand(-1, -1, t, -1, -1)
+            flag = x.new_ones(b, 1, t, hh, ww)
+        cond = self.condition(sigma, tokens)
+        h = self.inp(torch.cat([x, ctx, flag], dim=1)) + self.frame_pos[:, :, :t]
+        for block in self.down_blocks:
+            h = block(h, cond)
+        skip = h
+        h = self.down(h)
+        for block in self.mid_blocks:
+            h = block(h, cond)
+        h = self.up(h) + skip
+        for block in self.up_blocks:
+            h = block(h, cond)
+        return self.out(F.silu(self.out_norm(h)))

@@ -1,0 +1,339 @@
+"""`ltc-stream train-default`: train and distil the built-in default model, reproducibly by seed.
+
+Stages (each checkpointed into the output folder as it finishes):
+1. data      render clips of the procedural world, caption them with paraphrases, embed captions
+2. ae        per-frame 8x autoencoder (L1 + MSE on pixels)
+3. teacher   flow-matching denoiser, causal on the previous chunk's last latent frames
+4. distil    trajectory distillation to `--student-steps` Euler steps: the student, initialised from
+             the teacher, learns at each of its own sigmas the x0 whose Euler step lands where the
+             teacher's fine-step ODE solution lands (deterministic targets, no adversarial loss)
+Then loss curves are written as PNG and `ltc_model.json` describes the folder.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ...errors import ConfigError
+from .networks import Autoencoder, Denoiser, NetConfig
+from .text import shared_text_encoder
+from .world import render, sample_scene
+
+DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "weights" / "default"
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    clips: int = 3000
+    ae_steps: int = 1500
+    ae_batch: int = 24
+    teacher_steps: int = 2200
+    teacher_batch: int = 16
+    distil_trajectories: int = 768
+    distil_substeps: int = 8
+    distil_steps: int = 700
+    distil_batch: int = 16
+    student_steps: int = 4
+    lr: float = 2e-3
+    threads: int = 2
+
+    @classmethod
+    def quick(cls) -> "TrainConfig":
+        return cls(clips=24, ae_steps=30, ae_batch=8, teacher_steps=30, teacher_batch=4,
+                   distil_trajectories=8, distil_substeps=2, distil_steps=20, distil_batch=4)
+
+
+def student_sigmas(steps: int) -> torch.Tensor:
+    """The distilled model's own schedule: uniform in sigma from 1 to 0."""
+    return torch.linspace(1.0, 0.0, steps + 1)
+
+
+def _progress(iterable, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, mininterval=2.0)
+
+
+def _cosine_lr(opt, step: int, total: int, base: float, warmup: int = 50):
+    lr = base * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+# ------------------------------------------------------------------------------------------------
+def make_dataset(cfg: TrainConfig, net: NetConfig) -> dict[str, torch.Tensor]:
+    """Clips of `context_frames + frames_per_chunk` frames, their captions' token states."""
+    n_frames = net.context_frames + net.frames_per_chunk
+    rng = np.random.default_rng(cfg.seed)
+    frames = np.empty((cfg.clips, n_frames, net.height, net.width, 3), np.uint8)
+    captions = []
+    for i in _progress(range(cfg.clips), cfg.clips, "render clips"):
+        scene = sample_scene(int(rng.integers(2**31)))
+        frames[i] = render(scene, int(rng.integers(0, 400)), n_frames, net.height, net.width)
+        captions.append(scene.caption)
+    encoder = shared_text_encoder(net.max_tokens)
+    tokens = torch.cat([encoder.encode_batch(captions[i:i + 256]) for i in range(0, len(captions), 256)])
+    return {"frames": torch.from_numpy(frames), "tokens": tokens, "captions": captions}
+
+
+def to_unit(frames_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., H, W, 3] -> float [..., 3, H, W] in [-1, 1]."""
+    return frames_uint8.movedim(-1, -3).float() / 127.5 - 1.0
+
+
+def train_autoencoder(ae: Autoencoder, data, cfg: TrainConfig, log: list) -> None:
+    frames = data["frames"].flatten(0, 1)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    for step in _progress(range(cfg.ae_steps), cfg.ae_steps, "autoencoder"):
+        _cosine_lr(opt, step, cfg.ae_steps, cfg.lr)
+        idx = torch.randint(len(frames), (cfg.ae_batch,), generator=gen)
+        x = to_unit(frames[idx])
+        recon = ae.decoder(ae.encoder(x))
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log.append(("ae", step, loss.item()))
+
+
+@torch.no_grad()
+def encode_clips(ae: Autoencoder, data) -> torch.Tensor:
+    """All clips -> latents [N, C, T, h, w], and sets the autoencoder's latent scale to their std."""
+    ae.latent_scale.fill_(1.0)
+    frames = data["frames"]
+    out = []
+    for i in range(0, len(frames), 32):
+        x = to_unit(frames[i:i + 32].flatten(0, 1))
+        z = ae.encoder(x)
+        out.append(z.reshape(-1, frames.shape[1], *z.shape[1:]).movedim(2, 1))
+    latents = torch.cat(out)
+    ae.latent_scale.fill_(float(latents.std()))
+    return latents / ae.latent_scale
+
+
+def split_clip(latents: torch.Tensor, net: NetConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, C, Tc+T, h, w] -> context [B, C, Tc, h, w], chunk [B, C, T, h, w]."""
+    return latents[:, :, : net.context_frames], latents[:, :, net.context_frames:]
+
+
+def augment_context(context: torch.Tensor, gen: torch.Generator, drop_rate: float = 0.15):
+    """Noise the context a little (the model must cope with its own imperfect chunks) and drop it
+    for some samples (the first chunk of a stream has none). Returns (context or None, keep mask)."""
+    b = context.shape[0]
+    level = torch.rand(b, generator=gen) * 0.15
+    noise = torch.randn(context.shape, generator=gen)
+    level = level.view(b, 1, 1, 1, 1)
+    noisy = (1 - level) * context + level * noise
+    keep = torch.rand(b, generator=gen) >= drop_rate
+    return noisy, keep
+
+
+def denoiser_velocity(model: Denoiser, x, sigma, tokens, context, keep) -> torch.Tensor:
+    """Velocity with per-sample context dropping (a zero context plus a zero flag)."""
+    if keep.all():
+        return model(x, sigma, tokens, context)
+    if not keep.any():
+        return model(x, sigma, tokens, None)
+    v_ctx = model(x, sigma, tokens, context)
+    v_none = model(x, sigma, tokens, None)
+    return torch.where(keep.view(-1, 1, 1, 1, 1), v_ctx, v_none)
+
+
+def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainConfig, log: list) -> Denoiser:
+    """Rectified-flow matching: x_s = (1-s) x0 + s n, target velocity n - x0, s ~ logit-normal."""
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    for step in _progress(range(cfg.teacher_steps), cfg.teacher_steps, "teacher (flow matching)"):
+        _cosine_lr(opt, step, cfg.teacher_steps, cfg.lr)
+        idx = torch.randint(len(latents), (cfg.teacher_batch,), generator=gen)
+        context, x0 = split_clip(latents[idx], net)
+        context, keep = augment_context(context, gen)
+        sigma = torch.sigmoid(torch.randn(cfg.teacher_batch, generator=gen) * 1.0)
+        noise = torch.randn(x0.shape, generator=gen)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        x = (1 - s) * x0 + s * noise
+        v = denoiser_velocity(model, x, sigma, tokens[idx], context, keep)
+        loss = F.mse_loss(v, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        _ema_update(ema, model, 0.0 if step < 100 else 0.995)
+        log.append(("teacher", step, loss.item()))
+    return ema
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1 - decay)
+
+
+@torch.no_grad()
+def teacher_trajectories(teacher: Denoiser, latents, tokens, net: NetConfig, cfg: TrainConfig):
+    """States of the teacher's fine Euler ODE solution at the student's sigmas, from fresh noise."""
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    sig = student_sigmas(cfg.student_steps)
+    records = []
+    n_batches = max(1, cfg.distil_trajectories // cfg.distil_batch)
+    for _ in _progress(range(n_batches), n_batches, "teacher trajectories"):
+        idx = torch.randint(len(latents), (cfg.distil_batch,), generator=gen)
+        context, x0 = split_clip(latents[idx], net)
+        context, keep = augment_context(context, gen)
+        x = torch.randn(x0.shape, generator=gen)
+        states = [x]
+        for i in range(cfg.student_steps):
+            fine = torch.linspace(float(sig[i]), float(sig[i + 1]), cfg.distil_substeps + 1)
+            for j in range(cfg.distil_substeps):
+                v = denoiser_velocity(teacher, x, fine[j].expand(len(x)), tokens[idx], context, keep)
+                x = x + (fine[j + 1] - fine[j]) * v
+            states.append(x)
+        records.append((idx, context, keep, torch.stack(states, 1)))
+    return records
+
+
+def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: list) -> Denoiser:
+    """At student sigma s_i from the teacher state x_i, the target velocity is the chord
+    (x_i - x_{i+1}) / (s_i - s_{i+1}): one student Euler step then lands on the teacher's x_{i+1}."""
+    gen = torch.Generator().manual_seed(cfg.seed + 4)
+    sig = student_sigmas(cfg.student_steps)
+    ema = copy.deepcopy(student).requires_grad_(False)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr * 0.25, weight_decay=0.0)
+    for step in _progress(range(cfg.distil_steps), cfg.distil_steps, f"distil to {cfg.student_steps} steps"):
+        _cosine_lr(opt, step, cfg.distil_steps, cfg.lr * 0.25)
+        idx, context, keep, states = records[int(torch.randint(len(records), (1,), generator=gen))]
+        i = torch.randint(cfg.student_steps, (len(idx),), generator=gen)
+        rows = torch.arange(len(idx))
+        x_i, x_next = states[rows, i], states[rows, i + 1]
+        s_i, s_next = sig[i], sig[i + 1]
+        target = (x_i - x_next) / (s_i - s_next).view(-1, 1, 1, 1, 1)
+        v = denoiser_velocity(student, x_i, s_i, tokens[idx], context, keep)
+        loss = F.mse_loss(v, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        _ema_update(ema, student, 0.0 if step < 50 else 0.99)
+        log.append(("distil", step, loss.item()))
+    return ema
+
+
+# ------------------------------------------------------------------------------------------------
+def save_loss_curves(log: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [s for s in ("ae", "teacher", "distil") if any(r[0] == s for r in log)]
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3.2), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        steps = np.array([r[1] for r in log if r[0] == stage])
+        losses = np.array([r[2] for r in log if r[0] == stage])
+        ax.plot(steps, losses, alpha=0.3, lw=0.8)
+        k = max(1, len(losses) // 50)
+        if len(losses) >= k:
+            smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1:], smooth, lw=1.5)
+        ax.set_yscale("log")
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_folder(out: Path, net: NetConfig, ae: Autoencoder, teacher: Denoiser | None, student: Denoiser | None,
+                cfg: TrainConfig, stage: str, extra: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(out / "autoencoder.safetensors"))
+    if teacher is not None:
+        save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(out / "teacher.safetensors"))
+    if student is not None:
+        save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(out / "student.safetensors"))
+    meta = {
+        "format": "ltc-stream-default/1",
+        "stage": stage,
+        "net": net.to_dict(),
+        "fps": 16,
+        "student_steps": cfg.student_steps,
+        "student_sigmas": student_sigmas(cfg.student_steps).tolist(),
+        "train": cfg.__dict__,
+        **(extra or {}),
+    }
+    (out / "ltc_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def train(cfg: TrainConfig, net: NetConfig, out: Path) -> dict:
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+    log: list = []
+    print(f"[train-default] output {out}; seed {cfg.seed}; {cfg.clips} clips of {net.height}x{net.width}")
+    data = make_dataset(cfg, net)
+    ae = Autoencoder(net)
+    train_autoencoder(ae, data, cfg, log)
+    latents = encode_clips(ae.eval(), data)
+    save_folder(out, net, ae, None, None, cfg, "ae")
+    print(f"[train-default] autoencoder done at {time.time() - t0:.0f} s; latent scale {float(ae.latent_scale):.3f}")
+
+    teacher = train_teacher(Denoiser(net), latents, data["tokens"], net, cfg, log)
+    save_folder(out, net, ae, teacher, None, cfg, "teacher")
+    save_loss_curves(log, out / "loss_curves.png")
+    print(f"[train-default] teacher done at {time.time() - t0:.0f} s")
+
+    records = teacher_trajectories(teacher, latents, data["tokens"], net, cfg)
+    student = train_student(copy.deepcopy(teacher).requires_grad_(True), records, data["tokens"], cfg, log)
+    elapsed = time.time() - t0
+    summary = {
+        "seconds": round(elapsed, 1),
+        "final_loss": {s: float(np.mean([r[2] for r in log if r[0] == s][-50:])) for s in ("ae", "teacher", "distil")},
+    }
+    save_folder(out, net, ae, teacher, student, cfg, "distilled", {"training": summary})
+    save_loss_curves(log, out / "loss_curves.png")
+    np.save(out / "loss_log.npy", np.array([(["ae", "teacher", "distil"].index(s), st, l) for s, st, l in log]))
+    print(f"[train-default] done in {elapsed:.0f} s: {json.dumps(summary['final_loss'])}")
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="folder to write (default: the packaged weights)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a tiny run for tests (seconds)")
+    parser.add_argument("--size", type=int, default=128, help="frame height and width in pixels (multiple of 8)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch")
+    for name in ("clips", "ae_steps", "teacher_steps", "distil_steps", "student_steps"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = TrainConfig.quick() if args.quick else TrainConfig()
+    cfg.seed, cfg.threads = args.seed, args.threads
+    for name in ("clips", "ae_steps", "teacher_steps", "distil_steps", "student_steps"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+            setattr(cfg, name, value)
+    if args.size % 8 or not 32 <= args.size <= 512:
+        raise ConfigError(f"--size must be a multiple of 8 between 32 and 512, got {args.size}")
+    net = NetConfig(height=args.size, width=args.size)
+    if args.quick:
+        net = NetConfig(height=args.size, width=args.size, ae_widths=(8, 8, 16), width0=16, width1=16,
+                        blocks0=1, blocks1=1, cond_dim=32, text_queries=2)
+    train(cfg, net, args.output)
+    return 0
