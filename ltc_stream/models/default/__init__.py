@@ -1,0 +1,5 @@
+"""The built-in default model: a small, distilled, text-conditioned causal video model trained by
+the project on a procedural world (see MODEL_CARD.md beside its weights)."""
+from .model import PACKAGED, DefaultModel, load_default
+
+__all__ = ["DefaultModel", "PACKAGED", "load_default"]

@@ -1,0 +1,189 @@
+"""The default model as a VideoModel: prompt -> MiniLM token states; each chunk is sampled with the
+LTC sampler (`ltc_stream.sample`) from fresh noise, conditioned on the previous chunk's last latent
+frames, and decoded per frame by the tiny autoencoder."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...device import resolve_device
+from ...errors import ConfigError, ModelNotFoundError
+from ...ltc import LTCConfig, LTCWeights, OnlineLTC, calibrate, make_key, sample
+from ..base import ChunkResult, VideoModel
+from .networks import Autoencoder, Denoiser, NetConfig
+from .text import shared_text_encoder
+
+log = logging.getLogger(__name__)
+
+PACKAGED = Path(__file__).resolve().parent.parent / "weights" / "default"
+LTC_FILE = "ltc_weights.json"
+
+
+@dataclass
+class StreamState:
+    generator: torch.Generator
+    context: torch.Tensor | None = None  # last latent frames of the previous chunk [1, C, Tc, h, w]
+    chunk_index: int = 0
+
+
+def _load_safetensors(module: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ModelNotFoundError(f"model folder {path.parent} lacks {path.name}")
+    try:
+        state = load_file(str(path))
+        module.load_state_dict(state)
+    except Exception as exc:  # a truncated or foreign file: say which one
+        raise ModelNotFoundError(f"{path} could not be loaded into the {type(module).__name__}: {exc}") from None
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def sigma_schedule(steps: int) -> torch.Tensor:
+    """Uniform in sigma from 1 to 0 (the schedule the student was distilled on, at its own steps)."""
+    return torch.linspace(1.0, 0.0, steps + 1)
+
+
+class DefaultModel(VideoModel):
+    def __init__(self, folder: Path, device: str | torch.device = "auto", steps: int | None = None,
+                 use_teacher: bool = False, online_refresh: int = 0):
+        folder = Path(folder)
+        meta_path = folder / "ltc_model.json"
+        if not meta_path.is_file():
+            raise ModelNotFoundError(f"{folder} has no ltc_model.json: not a default-model folder")
+        try:
+            meta = json.loads(meta_path.read_text())
+            self.net = NetConfig.from_dict(meta["net"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ModelNotFoundError(f"{meta_path} is malformed ({exc}); retrain with 'ltc-stream train-default'") from None
+        self.folder, self.meta = folder, meta
+        self.device = resolve_device(device)
+        self.name = meta.get("name", "default")
+        self.height, self.width = self.net.height, self.net.width
+        self.fps = float(meta.get("fps", 16))
+        self.frames_per_chunk = self.net.frames_per_chunk
+
+        self.autoencoder = Autoencoder(self.net)
+        _load_safetensors(self.autoencoder, folder / "autoencoder.safetensors")
+        student_file = folder / "student.safetensors"
+        self.denoiser = Denoiser(self.net)
+        if student_file.is_file() and not use_teacher:
+            _load_safetensors(self.denoiser, student_file)
+            self.stage, weights_file = "distilled", student_file
+            self.steps = int(steps or meta.get("student_steps", 4))
+        elif (folder / "teacher.safetensors").is_file():
+            _load_safetensors(self.denoiser, folder / "teacher.safetensors")
+            self.stage, weights_file = "teacher", folder / "teacher.safetensors"
+            self.steps = int(steps or 8)
+        else:
+            raise ModelNotFoundError(f"{folder} has no denoiser weights (student.safetensors or teacher.safetensors)")
+        if not 1 <= self.steps <= 100:
+            raise ConfigError(f"steps must be between 1 and 100, got {self.steps}")
+        self.autoencoder.to(self.device).eval().requires_grad_(False)
+        self.denoiser.to(self.device).eval().requires_grad_(False)
+        self.sigmas = sigma_schedule(self.steps)
+        self.weights_digest = _file_digest(weights_file)
+        self.text = shared_text_encoder(self.net.max_tokens)
+
+        self.ltc_weights: LTCWeights | None = None
+        ltc_path = folder / LTC_FILE
+        if ltc_path.is_file():
+            try:
+                self.ltc_weights = LTCWeights.load(ltc_path, expect_key=self.ltc_key())
+            except Exception as exc:  # calibrated for other weights or steps: run without, loudly
+                log.warning("LTC weights in %s not used: %s", ltc_path, exc)
+        self.online = OnlineLTC(self.ltc_weights, every=online_refresh) if (online_refresh and self.ltc_weights) else None
+
+    # --- VideoModel ---------------------------------------------------------------------------
+    def encode_prompt(self, text: str) -> torch.Tensor:
+        return self.text.encode(text).to(self.device)
+
+    def new_stream(self, seed: int = 0) -> StreamState:
+        return StreamState(generator=torch.Generator(device=self.device).manual_seed(int(seed)))
+
+    def latent_shape(self, batch: int = 1) -> tuple[int, ...]:
+        n = self.net
+        return (batch, n.latent_channels, n.frames_per_chunk, n.height // 8, n.width // 8)
+
+    def denoiser_fn(self, tokens: torch.Tensor, context: torch.Tensor | None):
+        """denoiser(x, sigma) -> x0 = x - sigma * v for the LTC sampler (the net predicts v = noise - x0)."""
+        if tokens.ndim == 2:
+            tokens = tokens[None]
+
+        def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            tok = tokens.expand(x.shape[0], -1, -1) if tokens.shape[0] != x.shape[0] else tokens
+            return x - sigma * self.denoiser(x, torch.full((x.shape[0],), sigma, device=x.device), tok, context)
+
+        return denoise
+
+    @torch.no_grad()
+    def generate_chunk(self, state: StreamState, embedding: torch.Tensor, *, ltc: bool = True) -> ChunkResult:
+        t0 = time.perf_counter()
+        x_T = torch.randn(self.latent_shape(), generator=state.generator, device=self.device)
+        den = self.denoiser_fn(embedding.to(self.device), state.context)
+        weights = self.ltc_weights if ltc else None
+        refresh = ltc and self.online is not None and self.online.should_run_full(state.chunk_index)
+        if refresh:
+            latents, info = sample(den, x_T, self.sigmas, record=True)
+            self.ltc_weights = self.online.update(info.trajectory)
+        else:
+            latents, info = sample(den, x_T, self.sigmas, weights)
+        t1 = time.perf_counter()
+        frames = self.decode(latents)
+        t2 = time.perf_counter()
+        state.context = latents[:, :, -self.net.context_frames:]
+        state.chunk_index += 1
+        return ChunkResult(frames=frames, model_calls=info.nfe, steps=self.steps, denoise_s=t1 - t0, decode_s=t2 - t1,
+                           extra={"refresh": refresh})
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """[1, C, T, h, w] latents -> uint8 [T, H, W, 3]."""
+        z = latents[0].movedim(1, 0)  # [T, C, h, w]
+        img = self.autoencoder.decode(z).clamp(-1, 1)
+        return ((img + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(stage=self.stage, ltc_calibrated=self.ltc_weights is not None,
+                    ltc_model_calls=self.ltc_weights.model_calls if self.ltc_weights else self.steps)
+        return info
+
+    # --- LTC calibration ------------------------------------------------------------------------
+    def ltc_key(self) -> dict[str, Any]:
+        return make_key(model=f"ltc-stream-default:{self.weights_digest}", sampler="euler", steps=self.steps,
+                        latent_shape=list(self.latent_shape()), guidance_scale=1.0)
+
+    @torch.no_grad()
+    def calibrate_ltc(self, prompts: list[str], cfg: LTCConfig, seed: int = 0, contexts: torch.Tensor | None = None) -> LTCWeights:
+        """Closed-form w_g over a batch of prompts (and, optionally, causal contexts), saved beside
+        the weights. The key is that of a single-stream chunk (batch 1) since that is what runs."""
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        tokens = torch.stack([self.encode_prompt(p) for p in prompts])
+        x_T = torch.randn(self.latent_shape(len(prompts)), generator=gen, device=self.device)
+        weights = calibrate(self.denoiser_fn(tokens, contexts), x_T, self.sigmas, cfg)
+        weights.key = self.ltc_key()
+        return weights
+
+
+def load_default(path: str | Path | None = None, device: str = "auto", **options: Any) -> DefaultModel:
+    folder = Path(path) if path is not None else PACKAGED
+    if path is None and not (folder / "ltc_model.json").is_file():
+        raise ModelNotFoundError(
+            f"the packaged default model is missing from {folder}; train it with 'ltc-stream train-default'"
+        )
+    allowed = {"steps", "use_teacher", "online_refresh"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise ConfigError(f"unknown option(s) for the default model: {', '.join(sorted(unknown))}")
+    return DefaultModel(folder, device=device, **options)
