@@ -1,0 +1,195 @@
+"""The chunked streaming generator: a VideoModel run chunk by chunk in its own thread into a
+bounded queue, steered by prompts.
+
+- A new prompt takes effect at the next chunk boundary; chunks already queued under the old
+  prompt are dropped (they are stale), so the change reaches the screen as soon as possible.
+- The prompt embedding is blended from old to new over `blend_chunks` chunks (linear
+  interpolation of the fixed-shape embeddings), so the scene morphs instead of cutting.
+- The queue is bounded: generation runs at most `queue_chunks` chunks ahead of playback and
+  never blocks the caller's event loop.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, LTCStreamError
+from .models.base import ChunkResult, VideoModel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = "a red ball moving right on a blue background"
+
+
+@dataclass
+class Chunk:
+    index: int  # position in the stream (0, 1, 2, ...)
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    prompt: str  # the prompt being blended towards
+    prompt_id: int  # increases with every accepted prompt
+    prompt_received: float  # perf_counter when that prompt arrived (for prompt-to-screen latency)
+    result: ChunkResult
+    finished: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class GeneratorStats:
+    chunks: int = 0
+    frames: int = 0
+    model_calls: int = 0
+    steps: int = 0
+    dropped_chunks: int = 0
+    errors: int = 0
+    seconds: float = 0.0  # generation wall time of the chunks in the recent window
+    recent: deque = field(default_factory=lambda: deque(maxlen=16))  # (frames, seconds, calls, steps)
+
+    def record(self, result: ChunkResult, seconds: float) -> None:
+        self.chunks += 1
+        self.frames += len(result.frames)
+        self.model_calls += result.model_calls
+        self.steps += result.steps
+        self.recent.append((len(result.frames), seconds, result.model_calls, result.steps))
+
+    @property
+    def fps(self) -> float:
+        """Generation frames per second over recent chunks (0 until the first chunk)."""
+        frames = sum(r[0] for r in self.recent)
+        seconds = sum(r[1] for r in self.recent)
+        return frames / seconds if seconds > 0 else 0.0
+
+    @property
+    def calls_per_chunk(self) -> float:
+        return sum(r[2] for r in self.recent) / len(self.recent) if self.recent else 0.0
+
+    @property
+    def ltc_speedup(self) -> float:
+        calls = sum(r[2] for r in self.recent)
+        return sum(r[3] for r in self.recent) / calls if calls else 1.0
+
+
+class StreamGenerator:
+    """Runs `model` in a background thread; `get_chunk()` hands out chunks in order."""
+
+    def __init__(self, model: VideoModel, *, prompt: str = DEFAULT_PROMPT, seed: int = 0, ltc: bool = True,
+                 queue_chunks: int = 2, blend_chunks: int = 2, threads: int | None = None):
+        if queue_chunks < 1:
+            raise ConfigError(f"queue_chunks must be >= 1, got {queue_chunks}")
+        if blend_chunks < 1:
+            raise ConfigError(f"blend_chunks must be >= 1, got {blend_chunks}")
+        self.model = model
+        self.ltc = ltc
+        self.blend_chunks = blend_chunks
+        self.threads = threads
+        self.stats = GeneratorStats()
+        self._queue: queue.Queue[Chunk] = queue.Queue(maxsize=queue_chunks)
+        self._lock = threading.Lock()
+        self._state = model.new_stream(seed)
+        self._next_index = 0
+        self._prompt = prompt
+        self._prompt_id = 0
+        self._prompt_received = time.perf_counter()
+        self._target = model.encode_prompt(prompt)
+        self._previous = self._target
+        self._blend_step = blend_chunks  # fully on the target
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+
+    # --- control (any thread) ---------------------------------------------------------------
+    def start(self) -> "StreamGenerator":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ltc-generator", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._drain()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def prompt(self) -> str:
+        return self._prompt
+
+    def set_prompt(self, text: str) -> int:
+        """Steer towards `text` from the next chunk boundary; returns that chunk's index.
+
+        Encodes the prompt in the caller's thread (cached by the model), so an encoder error is
+        raised to the caller and the stream keeps its old prompt."""
+        embedding = self.model.encode_prompt(text)
+        with self._lock:
+            current = self._current_embedding()
+            self._previous, self._target = current, embedding
+            self._blend_step = 0
+            self._prompt = text
+            self._prompt_id += 1
+            self._prompt_received = time.perf_counter()
+            dropped = self._drain()
+            self._next_index -= dropped  # dropped chunks are regenerated under the new prompt
+            self.stats.dropped_chunks += dropped
+            return self._next_index
+
+    def get_chunk(self, timeout: float | None = None) -> Chunk | None:
+        try:
+            return self._queue.get(timeout=timeout) if timeout else self._queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    # --- generation thread -----------------------------------------------------------------
+    def _current_embedding(self) -> torch.Tensor:
+        alpha = min(1.0, self._blend_step / self.blend_chunks)
+        return torch.lerp(self._previous, self._target, alpha)
+
+    def _drain(self) -> int:
+        dropped = 0
+        while True:
+            try:
+                self._queue.get_nowait()
+                dropped += 1
+            except queue.Empty:
+                return dropped
+
+    def _run(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        while not self._stop.is_set():
+            with self._lock:
+                self._blend_step = min(self.blend_chunks, self._blend_step + 1)
+                embedding = self._current_embedding()
+                meta = (self._prompt, self._prompt_id, self._prompt_received)
+            started = time.perf_counter()
+            try:
+                result = self.model.generate_chunk(self._state, embedding, ltc=self.ltc)
+            except LTCStreamError as exc:  # e.g. a NaN: skip this chunk, keep streaming
+                self.stats.errors += 1
+                self.last_error = str(exc)
+                log.warning("chunk skipped: %s", exc)
+                continue
+            elapsed = time.perf_counter() - started
+            with self._lock:
+                if meta[1] != self._prompt_id:
+                    continue  # the prompt changed while this chunk was being made: it is stale
+                chunk = Chunk(self._next_index, result.frames, *meta, result=result)
+                self._next_index += 1
+            self.stats.record(result, elapsed)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(chunk, timeout=0.1)
+                    break
+                except queue.Full:
+                    with self._lock:
+                        if meta[1] != self._prompt_id:
+                            break  # stale while waiting for room
