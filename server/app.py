@@ -408,6 +408,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per HTTP request is noise
     from ltc_stream.models import load_model
 
     cfg = ServerConfig(host=args.host, port=args.port, fps=args.fps, mode=args.mode, steer=args.steer,
