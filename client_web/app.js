@@ -13,7 +13,9 @@
     "an orange triangle bouncing on a cyan background",
     "a pink circle orbiting over a black to blue gradient",
   ];
-  const IDLE_MS = 20000, CYCLE_MS = 12000;
+  // kiosk idle loop: after IDLE_MS without typing, a curated prompt every CYCLE_MS (?idle=S sets both)
+  const idleParam = parseFloat(params.get("idle"));
+  const IDLE_MS = idleParam > 0 ? idleParam * 1000 : 20000, CYCLE_MS = idleParam > 0 ? idleParam * 1000 : 12000;
   const state = window.ltc = {
     connected: false, acks: [], errors: [], stats: null, hello: null,
     receivedFps: 0, framesDecoded: 0, reconnects: 0, kiosk,
