@@ -9,6 +9,7 @@ import urllib.request
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
 from websockets.asyncio.client import connect
 
 from ltc_stream.server.app import ServerConfig, StreamServer
@@ -51,8 +52,11 @@ async def start_video(ws):
     @pc.on("track")
     def on_track(track):
         async def pull():
-            while len(frames) < 400:
-                frames.append(await track.recv())
+            try:
+                while len(frames) < 400:
+                    frames.append(await track.recv())
+            except MediaStreamError:  # closed at the end of the test
+                pass
         asyncio.ensure_future(pull())
         got_track.set()
 
