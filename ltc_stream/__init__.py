@@ -5,4 +5,14 @@ __version__ = "0.1.0"
 
 from .ltc import LTCConfig, LTCWeights, OnlineLTC, SampleInfo, calibrate, make_key, psnr, sample  # noqa: E402
 
-__all__ = ["LTCConfig", "LTCWeights", "OnlineLTC", "SampleInfo", "calibrate", "make_key", "psnr", "sample"]
+__all__ = ["LTCConfig", "LTCWeights", "OnlineLTC", "SampleInfo", "apply_ltc_accel", "calibrate", "make_key", "psnr",
+           "remove_ltc_accel", "sample"]
+
+
+def __getattr__(name: str):
+    # The diffusers bridge imports diffusers (slow): load it only when asked for.
+    if name in ("apply_ltc_accel", "remove_ltc_accel"):
+        from . import diffusers_bridge
+
+        return getattr(diffusers_bridge, name)
+    raise AttributeError(f"module 'ltc_stream' has no attribute {name!r}")
