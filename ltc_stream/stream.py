@@ -28,6 +28,28 @@ log = logging.getLogger(__name__)
 DEFAULT_PROMPT = "a red ball moving right on a blue background"
 
 
+class PromptBlender:
+    """Embedding for each next chunk: after `set(new)`, lerp(old, new, k / chunks) for k = 1..chunks,
+    where `old` is whatever was being shown (possibly itself a blend)."""
+
+    def __init__(self, embedding: torch.Tensor, chunks: int = 2):
+        if chunks < 1:
+            raise ConfigError(f"blend_chunks must be >= 1, got {chunks}")
+        self.chunks = chunks
+        self.previous = self.target = embedding
+        self.step = chunks  # fully on the target
+
+    def current(self) -> torch.Tensor:
+        return torch.lerp(self.previous, self.target, min(1.0, self.step / self.chunks))
+
+    def set(self, embedding: torch.Tensor) -> None:
+        self.previous, self.target, self.step = self.current(), embedding, 0
+
+    def next(self) -> torch.Tensor:
+        self.step = min(self.chunks, self.step + 1)
+        return self.current()
+
+
 @dataclass
 class Chunk:
     index: int  # position in the stream (0, 1, 2, ...)
@@ -81,11 +103,8 @@ class StreamGenerator:
                  queue_chunks: int = 2, blend_chunks: int = 2, threads: int | None = None):
         if queue_chunks < 1:
             raise ConfigError(f"queue_chunks must be >= 1, got {queue_chunks}")
-        if blend_chunks < 1:
-            raise ConfigError(f"blend_chunks must be >= 1, got {blend_chunks}")
         self.model = model
         self.ltc = ltc
-        self.blend_chunks = blend_chunks
         self.threads = threads
         self.stats = GeneratorStats()
         self._queue: queue.Queue[Chunk] = queue.Queue(maxsize=queue_chunks)
@@ -95,9 +114,7 @@ class StreamGenerator:
         self._prompt = prompt
         self._prompt_id = 0
         self._prompt_received = time.perf_counter()
-        self._target = model.encode_prompt(prompt)
-        self._previous = self._target
-        self._blend_step = blend_chunks  # fully on the target
+        self._blender = PromptBlender(model.encode_prompt(prompt), blend_chunks)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
@@ -127,9 +144,7 @@ class StreamGenerator:
         raised to the caller and the stream keeps its old prompt."""
         embedding = self.model.encode_prompt(text)
         with self._lock:
-            current = self._current_embedding()
-            self._previous, self._target = current, embedding
-            self._blend_step = 0
+            self._blender.set(embedding)
             self._prompt = text
             self._prompt_id += 1
             self._prompt_received = time.perf_counter()
@@ -149,10 +164,6 @@ class StreamGenerator:
         return self._queue.qsize()
 
     # --- generation thread -----------------------------------------------------------------
-    def _current_embedding(self) -> torch.Tensor:
-        alpha = min(1.0, self._blend_step / self.blend_chunks)
-        return torch.lerp(self._previous, self._target, alpha)
-
     def _drain(self) -> int:
         dropped = 0
         while True:
@@ -167,8 +178,7 @@ class StreamGenerator:
             torch.set_num_threads(self.threads)
         while not self._stop.is_set():
             with self._lock:
-                self._blend_step = min(self.blend_chunks, self._blend_step + 1)
-                embedding = self._current_embedding()
+                embedding = self._blender.next()
                 meta = (self._prompt, self._prompt_id, self._prompt_received)
             started = time.perf_counter()
             try:
