@@ -49,7 +49,7 @@ class TrainConfig:
 
     @classmethod
     def quick(cls) -> "TrainConfig":
-        return cls(clips=24, ae_steps=30, ae_batch=8, teacher_steps=30, teacher_batch=4,
+        return cls(clips=24, ae_steps=60, ae_batch=8, teacher_steps=30, teacher_batch=4,
                    distil_trajectories=8, distil_substeps=2, distil_steps=20, distil_batch=4)
 
 
@@ -65,6 +65,7 @@ def _progress(iterable, total: int, desc: str):
 
 
 def _cosine_lr(opt, step: int, total: int, base: float, warmup: int = 50):
+    warmup = max(1, min(warmup, total // 5))
     lr = base * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
     for group in opt.param_groups:
         group["lr"] = lr

@@ -1,0 +1,205 @@
+"""`ltc-stream eval-default`: figures for the default model, as JSON.
+
+- speed: generation FPS (denoise + decode) on this machine, LTC on and off, at the native 128x128
+  and at larger sizes (the networks are convolutional; larger sizes measure throughput only);
+- fidelity: held-out scenes (seeds and wordings never used in training); the generated video is
+  checked from pixels alone: background colour (border pixels), object colour (pixels far from the
+  background), direction of motion (the object's centroid track);
+- continuity: mean frame-to-frame change at chunk boundaries over that inside chunks;
+- LTC: model calls per chunk with and without LTC, PSNR of the LTC video against the same
+  model and noise without LTC.
+With `--calibrate`, LTC weights are measured first and saved beside the model weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+from ...errors import ConfigError
+from ...ltc import LTCConfig, psnr
+from .world import COLOURS, LINEAR_MOTIONS, MOTIONS, caption, sample_scene
+
+PALETTE = {name: np.array(rgb, np.float32) for name, (rgb, _) in COLOURS.items()}
+HELD_OUT_SEED = 2_000_000_000  # training draws seeds below 2**31 from its own stream: collisions are negligible
+
+
+def nearest_colour(rgb: np.ndarray) -> str:
+    return min(PALETTE, key=lambda n: float(np.sum((PALETTE[n] - rgb) ** 2)))
+
+
+def read_video(frames: np.ndarray) -> dict:
+    """What the pixels say: background colour, object colour, direction of motion."""
+    f = frames.astype(np.float32)
+    border = np.concatenate([f[:, :3].reshape(-1, 3), f[:, -3:].reshape(-1, 3), f[:, :, :3].reshape(-1, 3), f[:, :, -3:].reshape(-1, 3)])
+    bg = np.median(border, axis=0)
+    dist = np.sqrt(((f - bg) ** 2).sum(-1))  # [T, H, W]
+    mask = dist > 60.0
+    obj_pixels = f[mask]
+    obj_colour = nearest_colour(np.median(obj_pixels, axis=0)) if len(obj_pixels) > 20 else None
+    ys, xs = np.mgrid[0:f.shape[1], 0:f.shape[2]]
+    centroids = []
+    for m in mask:
+        if m.sum() > 10:
+            centroids.append((xs[m].mean(), ys[m].mean()))
+        else:
+            centroids.append(None)
+    steps = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(centroids, centroids[1:]) if a is not None and b is not None]
+    steps = [s for s in steps if abs(s[0]) < 12 and abs(s[1]) < 12]  # drop wrap-around jumps
+    direction = None
+    if steps:
+        dx, dy = np.median([s[0] for s in steps]), np.median([s[1] for s in steps])
+        if max(abs(dx), abs(dy)) > 0.3:
+            direction = ("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("down" if dy > 0 else "up")
+    return {"background": nearest_colour(bg), "object": obj_colour, "direction": direction}
+
+
+def held_out_scenes(n: int) -> list:
+    """Single-object, plain-background scenes with held-out seeds and freshly drawn wording."""
+    scenes, seed = [], HELD_OUT_SEED
+    while len(scenes) < n:
+        scene = sample_scene(seed, max_objects=1)
+        seed += 1
+        if scene.background != "plain":
+            continue
+        scene.caption = caption(scene, np.random.default_rng(seed + 7))
+        scenes.append(scene)
+    return scenes
+
+
+def check_fidelity(frames: np.ndarray, scene) -> dict:
+    seen = read_video(frames)
+    obj = scene.main
+    checks = {"background": seen["background"] == scene.bg_colours[0], "object": seen["object"] == obj.colour}
+    if obj.motion in LINEAR_MOTIONS:
+        checks["direction"] = seen["direction"] == obj.motion
+    return {"caption": scene.caption, "seen": seen, "checks": checks}
+
+
+@torch.no_grad()
+def generation_speed(model, ltc: bool, chunks: int, size: int | None = None) -> float:
+    """Frames per second of generate_chunk (denoise + decode), after one warm-up chunk."""
+    old = (model.height, model.width, model.net.height, model.net.width)
+    if size:
+        model.net.height = model.net.width = model.height = model.width = size
+    try:
+        state = model.new_stream(0)
+        emb = model.encode_prompt("a red ball moving left on a blue background")
+        weights = model.ltc_weights
+        if size and size != old[2]:
+            model.ltc_weights = _reshaped(weights, model)
+        model.generate_chunk(state, emb, ltc=ltc)
+        t0 = time.perf_counter()
+        frames = sum(len(model.generate_chunk(state, emb, ltc=ltc).frames) for _ in range(chunks))
+        return frames / (time.perf_counter() - t0)
+    finally:
+        model.height, model.width, model.net.height, model.net.width = old
+        model.ltc_weights = weights
+
+
+def _reshaped(weights, model):
+    """The same skip pattern for another latent size (speed only: calibration is per shape)."""
+    if weights is None:
+        return None
+    from ...ltc import LTCWeights
+
+    w = LTCWeights.from_dict(weights.to_dict())
+    w.key = model.ltc_key()
+    return w
+
+
+@torch.no_grad()
+def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12, sizes=(128, 192, 256)) -> dict:
+    report: dict = {"model": model.describe()}
+    # LTC: calls and PSNR against the same noise without LTC
+    scenes = held_out_scenes(n_prompts)
+    rows, psnrs, calls_ltc, calls_full, boundary, inside = [], [], [], [], [], []
+    for k, scene in enumerate(scenes):
+        emb = model.encode_prompt(scene.caption)
+        videos = {}
+        for ltc in (True, False):
+            state = model.new_stream(1000 + k)
+            parts = []
+            for _ in range(chunks):
+                r = model.generate_chunk(state, emb, ltc=ltc)
+                parts.append(r.frames)
+                (calls_ltc if ltc else calls_full).append(r.model_calls)
+            videos[ltc] = parts
+        video = np.concatenate(videos[True])
+        psnrs.append(psnr(torch.from_numpy(video).float(), torch.from_numpy(np.concatenate(videos[False])).float()))
+        rows.append(check_fidelity(video[model.frames_per_chunk:], scene))  # judge after the first chunk settles
+        diffs = np.abs(np.diff(video.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
+        t = model.frames_per_chunk
+        for i, d in enumerate(diffs):
+            (boundary if (i + 1) % t == 0 else inside).append(float(d))
+    checks = [v for r in rows for v in r["checks"].values()]
+    by_kind = {kind: float(np.mean([r["checks"][kind] for r in rows if kind in r["checks"]]))
+               for kind in ("background", "object", "direction")}
+    report["fidelity"] = {"accuracy": round(float(np.mean(checks)), 3), "checks": len(checks),
+                          "by_kind": {k: round(v, 3) for k, v in by_kind.items()}, "prompts": n_prompts,
+                          "examples": rows[:6]}
+    report["continuity"] = {"boundary_change": round(float(np.mean(boundary)), 3),
+                            "inside_change": round(float(np.mean(inside)), 3),
+                            "ratio": round(float(np.mean(boundary) / max(1e-6, np.mean(inside))), 3)}
+    report["ltc"] = {"calibrated": model.ltc_weights is not None, "steps": model.steps,
+                     "calls_per_chunk_ltc": float(np.mean(calls_ltc)), "calls_per_chunk_full": float(np.mean(calls_full)),
+                     "speedup_calls": round(float(np.mean(calls_full) / np.mean(calls_ltc)), 3),
+                     "psnr_vs_full_db": round(float(np.mean(psnrs)), 2),
+                     "skipped_steps": model.ltc_weights.skipped_steps if model.ltc_weights else [],
+                     "w_g": [round(w, 4) for w in model.ltc_weights.w_g] if model.ltc_weights else [],
+                     "angles": [None if a is None else round(a, 4) for a in model.ltc_weights.angles] if model.ltc_weights else []}
+    speed = []
+    for size in sizes:
+        entry = {"size": size, "trained_size": size == model.net.height}
+        for ltc in (True, False):
+            entry["fps_ltc" if ltc else "fps_full"] = round(generation_speed(model, ltc, speed_chunks, size), 1)
+        speed.append(entry)
+        print(f"  {size}x{size}: {entry['fps_ltc']} FPS with LTC, {entry['fps_full']} without", file=sys.stderr)
+    report["speed"] = {"threads": torch.get_num_threads(), "by_size": speed,
+                       "largest_size_streaming_16fps": max([e["size"] for e in speed if e["fps_ltc"] >= 16], default=None)}
+    return report
+
+
+def calibrate_model(model, n_prompts: int = 16, tau: float = 0.1, max_skips: int | None = 1):
+    """Measure the default model's LTC weights on training-style captions (not the held-out ones)."""
+    prompts = [sample_scene(s).caption for s in range(n_prompts)]
+    weights = model.calibrate_ltc(prompts, LTCConfig(tau=tau, max_skips=max_skips))
+    weights.save(model.folder / "ltc_weights.json")
+    model.ltc_weights = weights
+    return weights
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default", help="default or a default-format model folder")
+    parser.add_argument("--prompts", type=int, default=20, help="held-out prompts for the fidelity check")
+    parser.add_argument("--calibrate", action="store_true", help="measure LTC weights first and save them with the model")
+    parser.add_argument("--tau", type=float, default=0.1, help="LTC angle threshold for --calibrate (radians)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 192, 256])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--output", help="also write the JSON here")
+
+
+def main(args: argparse.Namespace) -> int:
+    from .. import load_model
+
+    if args.prompts < 1:
+        raise ConfigError(f"--prompts must be >= 1, got {args.prompts}")
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model, device="cpu")
+    if args.calibrate:
+        w = calibrate_model(model, tau=args.tau)
+        print(f"LTC calibrated: skip {w.skipped_steps}, angles {[None if a is None else round(a, 3) for a in w.angles]}",
+              file=sys.stderr)
+    report = evaluate(model, n_prompts=args.prompts, sizes=tuple(args.sizes))
+    report["command"] = "ltc-stream eval-default " + " ".join(sys.argv[2:])
+    text = json.dumps(report)
+    if args.output:
+        with open(args.output, "w") as fh:
+            fh.write(json.dumps(report, indent=1) + "\n")
+    print(text if args.json else json.dumps(report, indent=1))
+    return 0

@@ -1,0 +1,135 @@
+"""The default model: its world, training, loading, causal generation with LTC, rendering."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from ltc_stream.errors import ConfigError, ModelNotFoundError
+from ltc_stream.models import load_model
+from ltc_stream.models.default import PACKAGED
+from ltc_stream.models.default.evaluate import calibrate_model, check_fidelity, held_out_scenes, read_video
+from ltc_stream.models.default.networks import NetConfig
+from ltc_stream.models.default.train import TrainConfig, train
+from ltc_stream.models.default.world import LINEAR_MOTIONS, parse_caption, render, sample_scene
+
+
+@pytest.fixture(scope="module")
+def quick_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("quick-default")
+    net = NetConfig(height=64, width=64, ae_widths=(8, 8, 16), width0=16, width1=16, blocks0=1, blocks1=1,
+                    cond_dim=32, text_queries=2, frames_per_chunk=4)
+    summary = train(TrainConfig.quick(), net, folder)
+    return folder, summary
+
+
+def test_world_is_deterministic_and_its_captions_tell_the_truth():
+    a, b = sample_scene(123), sample_scene(123)
+    assert a.caption == b.caption
+    assert np.array_equal(render(a, 5, 4), render(b, 5, 4))
+    assert sample_scene(124).caption != a.caption
+    for seed in range(60):
+        scene = sample_scene(seed, max_objects=1)
+        truth = parse_caption(scene.caption)
+        assert truth["colour"] == scene.main.colour and truth["shape"] == scene.main.shape
+        assert truth["motion"] == scene.main.motion
+
+
+def test_pixel_checker_reads_ground_truth_videos_correctly():
+    """The fidelity check must score the world's own videos (nearly) perfectly, else it is broken."""
+    rows = [check_fidelity(render(s, 0, 16), s) for s in held_out_scenes(24)]
+    checks = [v for r in rows for v in r["checks"].values()]
+    assert np.mean(checks) >= 0.98
+    moving = [r for r, s in zip(rows, held_out_scenes(24)) if s.main.motion in LINEAR_MOTIONS]
+    assert moving and all(r["checks"]["direction"] for r in moving)
+    # and it is not fooled: a static frame repeated has no direction
+    frozen = np.repeat(render(held_out_scenes(1)[0], 0, 1), 8, axis=0)
+    assert read_video(frozen)["direction"] is None
+
+
+def test_quick_training_writes_a_loadable_folder_and_reduces_loss(quick_folder):
+    folder, summary = quick_folder
+    for name in ("ltc_model.json", "autoencoder.safetensors", "teacher.safetensors", "student.safetensors", "loss_curves.png"):
+        assert (folder / name).is_file(), name
+    log = np.load(folder / "loss_log.npy")
+    ae = log[log[:, 0] == 0][:, 2]
+    assert ae[-5:].mean() < ae[:5].mean()
+
+
+def test_model_generates_causal_chunks_and_ltc_saves_calls(quick_folder, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(quick_folder[0], folder)
+    model = load_model(str(folder), device="cpu")
+    assert (model.height, model.width, model.frames_per_chunk, model.steps) == (64, 64, 4, 4)
+    emb = model.encode_prompt("a red ball moving left on a blue background")
+    assert emb.shape == model.encode_prompt("a green star").shape  # fixed shape: blendable
+    state = model.new_stream(0)
+    first = model.generate_chunk(state, emb, ltc=False)
+    assert first.frames.shape == (4, 64, 64, 3) and first.frames.dtype == np.uint8
+    assert state.context is not None and state.chunk_index == 1
+    # same seed, same prompt -> same first chunk; the second chunk continues from the first
+    again = model.generate_chunk(model.new_stream(0), emb, ltc=False)
+    assert np.array_equal(first.frames, again.frames)
+
+    calls = []
+    forward = model.denoiser.forward
+    model.denoiser.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    model.generate_chunk(model.new_stream(1), emb, ltc=True)
+    assert len(calls) == 4  # not calibrated yet: LTC has nothing to skip
+    weights = calibrate_model(model, n_prompts=2, tau=3.0, max_skips=1)
+    assert weights.skipped_steps and (folder / "ltc_weights.json").is_file()
+    calls.clear()
+    result = model.generate_chunk(model.new_stream(1), emb, ltc=True)
+    assert len(calls) == 3 == result.model_calls and result.skipped == 1
+    # a fresh load picks up the saved calibration (its key matches these weights and steps)
+    assert load_model(str(folder), device="cpu").ltc_weights.skipped_steps == weights.skipped_steps
+    # ...and a different step count refuses it rather than reusing it
+    assert load_model(str(folder), device="cpu", steps=6).ltc_weights is None
+
+
+def test_bad_model_folders_are_clear_errors(quick_folder, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(quick_folder[0], broken)
+    (broken / "student.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelNotFoundError, match="student.safetensors"):
+        load_model(str(broken))
+    (broken / "ltc_model.json").write_text("{oops")
+    with pytest.raises(ModelNotFoundError, match="malformed"):
+        load_model(str(broken))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "ltc_model.json").write_text(json.dumps({"net": {}}))
+    with pytest.raises(ModelNotFoundError, match="autoencoder.safetensors"):
+        load_model(str(empty))
+    with pytest.raises(ConfigError, match="unknown option"):
+        load_model(str(quick_folder[0]), colour="red")
+
+
+def test_render_writes_a_decodable_video_with_timed_prompts(quick_folder, tmp_path):
+    import av
+
+    from ltc_stream.render import parse_timed_prompts, render as render_video, write_video
+
+    assert parse_timed_prompts(["a cat", "2.5:a dog"]) == [(0.0, "a cat"), (2.5, "a dog")]
+    with pytest.raises(ConfigError, match="start at 0"):
+        parse_timed_prompts(["1:late"])
+    model = load_model(str(quick_folder[0]), device="cpu")
+    frames, info = render_video(model, [(0.0, "a red ball"), (1.0, "a blue square")], 2.0, progress=False)
+    assert frames.shape == (32, 64, 64, 3) and info["frames"] == 32
+    path = tmp_path / "out.mp4"
+    write_video(path, frames, model.fps)
+    with av.open(str(path)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(decoded) == 32 and decoded[0].shape == (64, 64, 3)
+
+
+@pytest.mark.skipif(not (PACKAGED / "student.safetensors").is_file(), reason="packaged weights not trained yet")
+def test_packaged_default_model_loads_by_name():
+    model = load_model("default", device="cpu")
+    assert model.stage == "distilled" and model.steps <= 4
+    state = model.new_stream(0)
+    chunk = model.generate_chunk(state, model.encode_prompt("a yellow star spinning on a purple background"))
+    assert chunk.frames.shape == (model.frames_per_chunk, model.height, model.width, 3)
+    assert model.ltc_weights is not None and chunk.model_calls < model.steps
+    assert torch.get_num_threads() >= 1
