@@ -254,6 +254,16 @@ def save_loss_curves(log: list, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    np.save(path.with_name("loss_log.npy"),
+            np.array([(["ae", "teacher", "distil"].index(s), st, l) for s, st, l in log], dtype=np.float64).reshape(-1, 3))
+
+
+def load_loss_log(out: Path, stages: tuple[str, ...]) -> list:
+    path = out / "loss_log.npy"
+    if not path.is_file():
+        return []
+    names = ["ae", "teacher", "distil"]
+    return [(names[int(s)], int(st), float(l)) for s, st, l in np.load(path) if names[int(s)] in stages]
 
 
 def save_folder(out: Path, net: NetConfig, ae: Autoencoder, teacher: Denoiser | None, student: Denoiser | None,
@@ -279,22 +289,64 @@ def save_folder(out: Path, net: NetConfig, ae: Autoencoder, teacher: Denoiser | 
     (out / "ltc_model.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def train(cfg: TrainConfig, net: NetConfig, out: Path) -> dict:
+_STAGES = ("ae", "teacher", "distilled")
+
+
+def _resumable_stage(out: Path, cfg: TrainConfig, net: NetConfig) -> str | None:
+    """The last finished stage in `out` if it was written with the same network and the same
+    settings for the stages before distillation; None otherwise (then everything is retrained)."""
+    meta_path = out / "ltc_model.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    same_net = meta.get("net") == json.loads(json.dumps(net.to_dict()))
+    keys = ("seed", "clips", "ae_steps", "ae_batch", "teacher_steps", "teacher_batch", "lr")
+    same_cfg = all(meta.get("train", {}).get(k) == getattr(cfg, k) for k in keys)
+    stage = meta.get("stage")
+    return stage if same_net and same_cfg and stage in _STAGES else None
+
+
+def _load_into(module: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    module.load_state_dict(load_file(str(path)))
+
+
+def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False) -> dict:
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     log: list = []
-    print(f"[train-default] output {out}; seed {cfg.seed}; {cfg.clips} clips of {net.height}x{net.width}")
+    done = _resumable_stage(out, cfg, net) if resume else None
+    print(f"[train-default] output {out}; seed {cfg.seed}; {cfg.clips} clips of {net.height}x{net.width}"
+          + (f"; resuming after stage '{done}'" if done else ""))
+    if resume and done is None:
+        print("[train-default] nothing to resume (no folder, or it was trained with other settings): training from scratch")
+    if done is not None:
+        log.extend(load_loss_log(out, ("ae", "teacher") if done != "ae" else ("ae",)))
+        if not log and (out / "loss_curves.png").is_file():  # folder from before the log was saved
+            (out / "loss_curves.png").replace(out / "loss_curves_ae_teacher.png")
     data = make_dataset(cfg, net)
     ae = Autoencoder(net)
-    train_autoencoder(ae, data, cfg, log)
-    latents = encode_clips(ae.eval(), data)
-    save_folder(out, net, ae, None, None, cfg, "ae")
+    if done is None:
+        train_autoencoder(ae, data, cfg, log)
+        latents = encode_clips(ae.eval(), data)
+        save_folder(out, net, ae, None, None, cfg, "ae")
+    else:
+        _load_into(ae, out / "autoencoder.safetensors")
+        scale = float(ae.latent_scale)
+        latents = encode_clips(ae.eval(), data)  # deterministic: same data, same weights
+        ae.latent_scale.fill_(scale)
     print(f"[train-default] autoencoder done at {time.time() - t0:.0f} s; latent scale {float(ae.latent_scale):.3f}")
 
-    teacher = train_teacher(Denoiser(net), latents, data["tokens"], net, cfg, log)
-    save_folder(out, net, ae, teacher, None, cfg, "teacher")
-    save_loss_curves(log, out / "loss_curves.png")
+    teacher = Denoiser(net)
+    if done in ("teacher", "distilled"):
+        _load_into(teacher, out / "teacher.safetensors")
+        teacher.eval()
+    else:
+        teacher = train_teacher(teacher, latents, data["tokens"], net, cfg, log)
+        save_folder(out, net, ae, teacher, None, cfg, "teacher")
+        save_loss_curves(log, out / "loss_curves.png")
     print(f"[train-default] teacher done at {time.time() - t0:.0f} s")
 
     records = teacher_trajectories(teacher, latents, data["tokens"], net, cfg)
@@ -302,11 +354,12 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path) -> dict:
     elapsed = time.time() - t0
     summary = {
         "seconds": round(elapsed, 1),
-        "final_loss": {s: float(np.mean([r[2] for r in log if r[0] == s][-50:])) for s in ("ae", "teacher", "distil")},
+        "resumed_after": done,
+        "final_loss": {s: float(np.mean([r[2] for r in log if r[0] == s][-50:])) for s in ("ae", "teacher", "distil")
+                       if any(r[0] == s for r in log)},
     }
     save_folder(out, net, ae, teacher, student, cfg, "distilled", {"training": summary})
     save_loss_curves(log, out / "loss_curves.png")
-    np.save(out / "loss_log.npy", np.array([(["ae", "teacher", "distil"].index(s), st, l) for s, st, l in log]))
     print(f"[train-default] done in {elapsed:.0f} s: {json.dumps(summary['final_loss'])}")
     return summary
 
@@ -317,6 +370,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny run for tests (seconds)")
     parser.add_argument("--size", type=int, default=128, help="frame height and width in pixels (multiple of 8)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the autoencoder and teacher already in --output when they were trained with the same settings")
     for name in ("clips", "ae_steps", "teacher_steps", "distil_steps", "student_steps"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None)
 
@@ -336,5 +391,5 @@ def main(args: argparse.Namespace) -> int:
     if args.quick:
         net = NetConfig(height=args.size, width=args.size, ae_widths=(8, 8, 16), width0=16, width1=16,
                         blocks0=1, blocks1=1, cond_dim=32, text_queries=2)
-    train(cfg, net, args.output)
+    train(cfg, net, args.output, resume=args.resume)
     return 0

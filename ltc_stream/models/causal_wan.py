@@ -1,0 +1,435 @@
+"""Causal chunk-wise Wan2.1 (Self-Forcing / CausVid style) on diffusers' `WanTransformer3DModel`.
+
+The stock transformer is used unchanged; two of its parts are swapped at load time:
+- every block's self-attention processor becomes `CausalWanAttnProcessor`, which attends from
+  the current chunk to a KV cache of past chunks (block-causal attention);
+- the rotary embedding becomes `ChunkRope`, which places the current chunk after the cached frames.
+
+The cache is bounded: the first `sink_frames` latent frames ever generated (the attention sink)
+plus the last `window_frames` frames. Keys are cached *before* the rotary embedding and rotated
+at read time by their slot in the cache (sink first, then the window), StreamingLLM-style, so
+positions never grow and a stream can run for hours with constant memory.
+
+Sampling per chunk: `steps` flow-matching Euler steps over a shifted schedule (Wan's
+`x_sigma = (1 - sigma) x0 + sigma noise`, the transformer predicts `noise - x0`), through the
+LTC sampler; then one call on the clean chunk at t = 0 writes its keys/values into the cache
+(Self-Forcing's context update). `sampler="renoise"` is Self-Forcing's own few-step sampler
+(predict x0, re-noise with fresh noise), kept to measure why LTC needs the deterministic one.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..ltc import LTCWeights, sample
+from .base import ChunkResult, VideoModel
+
+
+# ------------------------------------------------------------------------------------------------
+# KV cache with attention sink and rolling window
+# ------------------------------------------------------------------------------------------------
+class KVCache:
+    """Per-layer keys (pre-rotary) and values of past frames: sink frames + a rolling window."""
+
+    def __init__(self, num_layers: int, tokens_per_frame: int, sink_frames: int, window_frames: int):
+        if sink_frames < 0 or window_frames < 1:
+            raise ConfigError(f"KV cache needs sink_frames >= 0 and window_frames >= 1, got {sink_frames}, {window_frames}")
+        self.tokens_per_frame = tokens_per_frame
+        self.sink_frames, self.window_frames = sink_frames, window_frames
+        self.k: list[torch.Tensor | None] = [None] * num_layers
+        self.v: list[torch.Tensor | None] = [None] * num_layers
+        self.frames = 0  # frames now held (<= sink + window)
+        self.latents: torch.Tensor | None = None  # clean latents of the held frames, for re-caching
+
+    @property
+    def max_frames(self) -> int:
+        return self.sink_frames + self.window_frames
+
+    def _trim(self, t: torch.Tensor, frames: int) -> torch.Tensor:
+        """Keep the sink frames and the newest window frames of a [B, frames*tpf, ...] tensor."""
+        if frames <= self.max_frames:
+            return t
+        tpf = self.tokens_per_frame
+        sink = t[:, : self.sink_frames * tpf]
+        recent = t[:, (frames - self.window_frames) * tpf:]
+        return torch.cat([sink, recent], 1)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        old_k, old_v = self.k[layer], self.v[layer]
+        k_all = k if old_k is None else torch.cat([old_k, k], 1)
+        v_all = v if old_v is None else torch.cat([old_v, v], 1)
+        frames = k_all.shape[1] // self.tokens_per_frame
+        self.k[layer], self.v[layer] = self._trim(k_all, frames), self._trim(v_all, frames)
+
+    def commit_frames(self, latents: torch.Tensor) -> None:
+        """After every layer appended a chunk: count its frames, keep its clean latents [B,C,T,h,w]."""
+        held = latents if self.latents is None else torch.cat([self.latents, latents], 2)
+        total = held.shape[2]
+        if total > self.max_frames:
+            held = torch.cat([held[:, :, : self.sink_frames], held[:, :, total - self.window_frames:]], 2)
+        self.latents = held
+        self.frames = held.shape[2]
+
+    def clear(self) -> None:
+        self.k = [None] * len(self.k)
+        self.v = [None] * len(self.v)
+        self.frames = 0
+        self.latents = None
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v if t is not None)
+
+
+@dataclass
+class CausalContext:
+    """Shared by the processors and the rope of one transformer while one stream runs."""
+
+    cache: KVCache | None = None
+    write: bool = False  # True while the clean chunk is run to append its keys/values
+    cache_rope: tuple[torch.Tensor, torch.Tensor] | None = None  # rotary tables for the cached tokens
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's interleaved rotary embedding; x [B, S, H, D], cos/sin [1, S, 1, D]."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[..., 0::2], sin[..., 1::2]
+    return torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], -1).flatten(-2).type_as(x)
+
+
+class ChunkRope(nn.Module):
+    """Replaces `transformer.rope`: tables for the current chunk's frames placed after the
+    `cache.frames` cached ones, and (into the context) the tables of the cached frames."""
+
+    def __init__(self, rope: nn.Module, ctx: CausalContext):
+        super().__init__()
+        self.inner = rope
+        self.ctx = ctx
+
+    def _tables(self, frame_positions: torch.Tensor, pph: int, ppw: int):
+        r = self.inner
+        split = [r.t_dim, r.h_dim, r.w_dim]
+        cos_t, cos_h, cos_w = r.freqs_cos.split(split, dim=1)
+        sin_t, sin_h, sin_w = r.freqs_sin.split(split, dim=1)
+        f = len(frame_positions)
+
+        def grid(t, h, w):
+            return torch.cat([
+                t[frame_positions].view(f, 1, 1, -1).expand(f, pph, ppw, -1),
+                h[:pph].view(1, pph, 1, -1).expand(f, pph, ppw, -1),
+                w[:ppw].view(1, 1, ppw, -1).expand(f, pph, ppw, -1),
+            ], -1).reshape(1, f * pph * ppw, 1, -1)
+
+        return grid(cos_t, cos_h, cos_w), grid(sin_t, sin_h, sin_w)
+
+    def forward(self, hidden_states: torch.Tensor):
+        _, _, frames, height, width = hidden_states.shape
+        p_t, p_h, p_w = self.inner.patch_size
+        ppf, pph, ppw = frames // p_t, height // p_h, width // p_w
+        cached = self.ctx.cache.frames if self.ctx.cache is not None else 0
+        device = self.inner.freqs_cos.device
+        if cached + ppf > self.inner.freqs_cos.shape[0]:
+            raise ConfigError(f"chunk of {ppf} frames after {cached} cached ones exceeds rope_max_seq_len")
+        all_pos = torch.arange(cached + ppf, device=device)
+        cos, sin = self._tables(all_pos, pph, ppw)
+        tpf = pph * ppw
+        self.ctx.cache_rope = (cos[:, : cached * tpf], sin[:, : cached * tpf]) if cached else None
+        return cos[:, cached * tpf:].to(hidden_states.device), sin[:, cached * tpf:].to(hidden_states.device)
+
+
+class CausalWanAttnProcessor:
+    """Self-attention of one Wan block, block-causal over chunks through the shared KV cache."""
+
+    def __init__(self, ctx: CausalContext, layer: int):
+        self.ctx, self.layer = ctx, layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        query = query.unflatten(2, (attn.heads, -1))
+        key = key.unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        cos, sin = rotary_emb
+        query_r, key_r = _rotate(query, cos, sin), _rotate(key, cos, sin)
+        ctx = self.ctx
+        cache = ctx.cache
+        if cache is not None and cache.k[self.layer] is not None and ctx.cache_rope is not None:
+            k_cached = _rotate(cache.k[self.layer], *ctx.cache_rope)
+            keys = torch.cat([k_cached, key_r], 1)
+            values = torch.cat([cache.v[self.layer], value], 1)
+        else:
+            keys, values = key_r, value
+        if cache is not None and ctx.write:
+            cache.append(self.layer, key, value)
+        out = dispatch_attention_fn(query_r, keys, values, attn_mask=None, dropout_p=0.0, is_causal=False)
+        out = out.flatten(2, 3).type_as(query)
+        out = attn.to_out[0](out)
+        return attn.to_out[1](out)
+
+
+def make_causal(transformer) -> CausalContext:
+    """Swap the self-attention processors and the rope of a stock WanTransformer3DModel."""
+    ctx = CausalContext()
+    for i, block in enumerate(transformer.blocks):
+        block.attn1.set_processor(CausalWanAttnProcessor(ctx, i))
+    transformer.rope = ChunkRope(transformer.rope, ctx)
+    return ctx
+
+
+# ------------------------------------------------------------------------------------------------
+# Streaming VAE decode (AutoencoderKLWan with its causal feature cache kept across chunks)
+# ------------------------------------------------------------------------------------------------
+class StreamingWanDecoder:
+    """Decodes latent chunks one after another through AutoencoderKLWan's causal decoder, keeping
+    its per-conv feature cache between chunks: the first latent frame gives 1 frame, every later
+    one 4, with no seam at chunk boundaries (the same result as decoding the whole video at once)."""
+
+    def __init__(self, vae):
+        self.vae = vae
+        self.feat_map: list | None = None
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+        self.mean, self.std = mean, std
+
+    def reset(self) -> None:
+        self.feat_map = None
+
+    @torch.no_grad()
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.vae
+        z = latents.to(vae.dtype) * self.std.to(latents.device, vae.dtype) + self.mean.to(latents.device, vae.dtype)
+        first = self.feat_map is None
+        if first:
+            self.feat_map = [None] * vae._cached_conv_counts["decoder"]
+        x = vae.post_quant_conv(z)
+        outs = []
+        for i in range(x.shape[2]):
+            idx = [0]
+            outs.append(vae.decoder(x[:, :, i:i + 1], feat_cache=self.feat_map, feat_idx=idx, first_chunk=first and i == 0))
+        return torch.cat(outs, 2).clamp(-1, 1)  # [B, 3, frames, H, W]
+
+
+class TinyVideoDecoder(nn.Module):
+    """TAEHV-like tiny decoder for Wan latents on diffusers' AutoencoderTiny: each latent frame is
+    decoded on its own by the tiny 2-D decoder into `temporal_factor` RGB frames (its output channels
+    are frames x RGB). About 1/30 of the VAE decoder's cost; it needs its own trained weights
+    (a `tiny_vae/` folder beside `vae/`), random ones only serve throughput benchmarks."""
+
+    def __init__(self, tiny, vae_config, temporal_factor: int = 4):
+        super().__init__()
+        if tiny.config.out_channels != 3 * temporal_factor:
+            raise ConfigError(f"tiny decoder must output {3 * temporal_factor} channels "
+                              f"({temporal_factor} frames x RGB), its config says {tiny.config.out_channels}")
+        self.tiny, self.t = tiny, temporal_factor
+        self.register_buffer("mean", torch.tensor(vae_config.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(vae_config.latents_std).view(1, -1, 1, 1, 1), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = latents.shape
+        dtype = next(self.tiny.parameters()).dtype
+        z = (latents * self.std.to(latents) + self.mean.to(latents)).to(dtype)
+        img = self.tiny.decode(z.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w), return_dict=False)[0]
+        H, W = img.shape[-2:]
+        img = img.view(b, f, self.t, 3, H, W).permute(0, 3, 1, 2, 4, 5).reshape(b, 3, f * self.t, H, W)
+        return img.clamp(-1, 1)
+
+
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """[1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3]."""
+    return ((video[0].float().clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------------
+# The model
+# ------------------------------------------------------------------------------------------------
+def shifted_sigmas(steps: int, shift: float) -> list[float]:
+    """Wan's flow-matching schedule: uniform in t, warped by sigma = shift t / (1 + (shift - 1) t)."""
+    t = np.linspace(1.0, 0.0, steps + 1)
+    return [float(shift * v / (1 + (shift - 1) * v)) for v in t]
+
+
+@dataclass
+class WanStreamState:
+    generator: torch.Generator
+    cache: KVCache
+    chunk_index: int = 0
+    embedding: torch.Tensor | None = None  # prompt the cache was written with
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class CausalWanModel(VideoModel):
+    """Chunk-wise causal Wan: `latent_frames_per_chunk` latent frames per chunk (4 video frames each)."""
+
+    def __init__(self, transformer, vae, *, encode_text, height: int, width: int, steps: int = 4,
+                 shift: float = 5.0, latent_frames_per_chunk: int = 3, sink_frames: int | None = None,
+                 window_frames: int = 9, sampler: str = "euler", guidance_scale: float = 1.0,
+                 negative_embedding: torch.Tensor | None = None, tiny_decoder=None, fps: float = 16.0,
+                 recache: bool = True, name: str = "wan-causal", ltc_weights: LTCWeights | None = None):
+        if sampler not in ("euler", "renoise"):
+            raise ConfigError(f"sampler must be 'euler' or 'renoise', got {sampler!r}")
+        sf, sp = vae.config.scale_factor_temporal, vae.config.scale_factor_spatial
+        patch = transformer.config.patch_size
+        if height % (sp * patch[1]) or width % (sp * patch[2]):
+            raise ConfigError(f"height and width must be multiples of {sp * patch[1]}, got {height}x{width}")
+        if steps < 1:
+            raise ConfigError(f"steps must be at least 1, got {steps}")
+        self.transformer, self.vae = transformer, vae
+        self.ctx = make_causal(transformer)
+        self.encode_text = encode_text
+        self.name, self.height, self.width, self.fps = name, height, width, fps
+        self.steps, self.shift, self.sampler = steps, shift, sampler
+        self.latent_frames = latent_frames_per_chunk
+        self.temporal_factor, self.spatial_factor = sf, sp
+        self.frames_per_chunk = latent_frames_per_chunk * sf
+        self.sink_frames = latent_frames_per_chunk if sink_frames is None else sink_frames
+        self.window_frames = window_frames
+        self.guidance_scale = guidance_scale
+        self.negative_embedding = negative_embedding
+        self.tiny_decoder = tiny_decoder
+        self.recache = recache
+        self.device = next(transformer.parameters()).device
+        self.dtype = next(transformer.parameters()).dtype
+        self.sigmas = shifted_sigmas(steps, shift)
+        self.ltc_weights = ltc_weights
+        self._decoders: dict[int, StreamingWanDecoder] = {}
+        self._embed_cache: dict[str, torch.Tensor] = {}
+
+    # --- VideoModel -------------------------------------------------------------------------
+    def encode_prompt(self, text: str) -> torch.Tensor:
+        if text not in self._embed_cache:
+            if len(self._embed_cache) > 256:
+                self._embed_cache.clear()
+            self._embed_cache[text] = self.encode_text(text).to(self.device, self.dtype)
+        return self._embed_cache[text]
+
+    def latent_shape(self, batch: int = 1) -> tuple[int, ...]:
+        c = self.transformer.config.in_channels
+        return (batch, c, self.latent_frames, self.height // self.spatial_factor, self.width // self.spatial_factor)
+
+    def tokens_per_frame(self) -> int:
+        _, p_h, p_w = self.transformer.config.patch_size
+        return (self.height // self.spatial_factor // p_h) * (self.width // self.spatial_factor // p_w)
+
+    def new_stream(self, seed: int = 0) -> WanStreamState:
+        cache = KVCache(len(self.transformer.blocks), self.tokens_per_frame(), self.sink_frames, self.window_frames)
+        return WanStreamState(generator=torch.Generator(device=self.device).manual_seed(int(seed)), cache=cache)
+
+    def _velocity(self, x: torch.Tensor, sigma: float, embedding: torch.Tensor) -> torch.Tensor:
+        t = torch.full((x.shape[0],), sigma * 1000.0, device=x.device, dtype=self.dtype)
+        return self.transformer(x.to(self.dtype), timestep=t, encoder_hidden_states=embedding,
+                                return_dict=False)[0].float()
+
+    def denoiser_fn(self, embedding: torch.Tensor):
+        emb = embedding if embedding.ndim == 3 else embedding[None]
+        guided = self.guidance_scale != 1.0 and self.negative_embedding is not None
+
+        def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            if guided:  # one batch for both branches: a skipped step skips the whole guided batch
+                neg = self.negative_embedding.expand_as(emb)
+                v_u, v_c = self._velocity(torch.cat([x, x]), sigma, torch.cat([neg, emb])).chunk(2)
+                v = v_u + self.guidance_scale * (v_c - v_u)
+            else:
+                v = self._velocity(x, sigma, emb.expand(x.shape[0], -1, -1))
+            return x - sigma * v
+
+        return denoise
+
+    def _write_cache(self, state: WanStreamState, latents: torch.Tensor, embedding: torch.Tensor) -> None:
+        emb = embedding if embedding.ndim == 3 else embedding[None]
+        self.ctx.write = True
+        try:
+            self._velocity(latents, 0.0, emb)
+        finally:
+            self.ctx.write = False
+        state.cache.commit_frames(latents)
+
+    def _recache(self, state: WanStreamState, embedding: torch.Tensor) -> None:
+        """New prompt: recompute the cached keys/values from the held clean latents under it
+        (LongLive's KV re-cache), so cross-attention history does not drag the old prompt along."""
+        held = state.cache.latents
+        if held is None:
+            return
+        state.cache.clear()
+        self._write_cache(state, held, embedding)
+
+    @torch.no_grad()
+    def generate_chunk(self, state: WanStreamState, embedding: torch.Tensor, *, ltc: bool = True) -> ChunkResult:
+        t0 = time.perf_counter()
+        self.ctx.cache = state.cache
+        extra_calls = 0
+        if self.recache and state.embedding is not None and not torch.equal(state.embedding, embedding):
+            if state.cache.latents is not None:
+                self._recache(state, embedding)
+                extra_calls += 1
+        state.embedding = embedding
+        x = torch.randn(self.latent_shape(), generator=state.generator, device=self.device)
+        den = self.denoiser_fn(embedding)
+        if self.sampler == "euler":
+            latents, info = sample(den, x, self.sigmas, self.ltc_weights if ltc else None)
+            calls = info.nfe
+        else:
+            latents, calls = renoise_sample(den, x, self.sigmas, state.generator), self.steps
+        self._write_cache(state, latents, embedding)
+        extra_calls += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        frames = self.decode(latents, state)
+        t2 = time.perf_counter()
+        state.chunk_index += 1
+        return ChunkResult(frames=frames, model_calls=calls, steps=self.steps, denoise_s=t1 - t0, decode_s=t2 - t1,
+                           extra={"cache_calls": extra_calls, "kv_cache_bytes": state.cache.nbytes(),
+                                  "kv_cache_frames": state.cache.frames})
+
+    def decode(self, latents: torch.Tensor, state: WanStreamState) -> np.ndarray:
+        if self.tiny_decoder is not None:
+            video = self.tiny_decoder(latents)
+            if state.chunk_index == 0:  # match the causal VAE: the first latent frame is one frame
+                video = video[:, :, self.temporal_factor - 1:]
+            return to_uint8_frames(video)
+        dec = self._decoders.get(id(state))
+        if dec is None:
+            self._decoders.clear()  # one live decoder cache per stream object; streams are long-lived
+            dec = self._decoders[id(state)] = StreamingWanDecoder(self.vae)
+        return to_uint8_frames(dec(latents))
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(sampler=self.sampler, shift=self.shift, sink_frames=self.sink_frames,
+                    window_frames=self.window_frames, decoder="tiny" if self.tiny_decoder is not None else "vae",
+                    ltc_calibrated=self.ltc_weights is not None)
+        return info
+
+
+def renoise_sample(denoiser, x: torch.Tensor, sigmas: list[float], generator: torch.Generator,
+                   record: list | None = None) -> torch.Tensor:
+    """Self-Forcing's few-step sampler: predict x0, re-noise to the next sigma with fresh noise."""
+    for i in range(len(sigmas) - 1):
+        x0 = denoiser(x, sigmas[i])
+        s = sigmas[i + 1]
+        noise = torch.randn(x.shape, generator=generator, device=x.device)
+        x = (1 - s) * x0 + s * noise if s > 0 else x0
+        if record is not None:
+            record.append(x)
+    return x
+
+
+def transition_angles(states: list[torch.Tensor]) -> list[float | None]:
+    """Angle (rad) between adjacent transitions D_i = x_{i+1} - x_i of a trajectory x_0..x_N: the
+    quantity LTC's skip rule reads. Entry i compares D_i with D_{i-1} (None for i = 0)."""
+    from ..kernels import angle_from_stats, pair_stats
+
+    out: list[float | None] = [None]
+    for i in range(1, len(states) - 1):
+        d_cur, d_prev = states[i + 1] - states[i], states[i] - states[i - 1]
+        out.append(float(angle_from_stats(pair_stats(d_cur, d_prev))))
+    return out

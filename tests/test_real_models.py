@@ -1,0 +1,232 @@
+"""Real-model adapters on tiny random-initialised diffusers pipelines, loaded through the real path.
+
+References are independent of the adapters: the stock WanTransformer3DModel with a block-causal
+attention mask, AutoencoderKLWan.decode over the whole video, model calls counted by wrapping
+the network's forward.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+
+from ltc_stream.errors import ConfigError, ModelNotFoundError
+from ltc_stream.ltc import LTCConfig
+from ltc_stream.models import load_model
+
+from real_model_fixtures import save_tiny_animatediff, save_tiny_wan, tiny_wan_parts
+
+pytest.importorskip("diffusers")
+
+
+@pytest.fixture(scope="module")
+def wan_folder(tmp_path_factory):
+    return save_tiny_wan(tmp_path_factory.mktemp("wan") / "tiny-wan", with_tiny_decoder=True)
+
+
+@pytest.fixture(scope="module")
+def ad_folder(tmp_path_factory):
+    return save_tiny_animatediff(tmp_path_factory.mktemp("ad") / "tiny-animatediff")
+
+
+class _Masked:
+    """The stock Wan attention processor with an explicit attention mask."""
+
+    def __init__(self, mask):
+        from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+        self.inner, self.mask = WanAttnProcessor(), mask
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        return self.inner(attn, hidden_states, encoder_hidden_states, self.mask, rotary_emb)
+
+
+def _count_calls(module):
+    calls = {"n": 0}
+    forward = module.forward
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return forward(*args, **kwargs)
+
+    module.forward = counted
+    return calls
+
+
+@torch.no_grad()
+def test_kv_cache_attention_equals_block_causal_full_attention():
+    from ltc_stream.models.causal_wan import CausalWanModel
+
+    transformer, vae = tiny_wan_parts(seed=1)
+    stock = copy.deepcopy(transformer)
+    emb = torch.randn(1, 8, 32)
+    model = CausalWanModel(transformer, vae, encode_text=lambda t: emb, height=32, width=48, window_frames=9)
+    state = model.new_stream(0)
+    model.ctx.cache = state.cache
+    gen = torch.Generator().manual_seed(0)
+    clean1 = torch.randn(model.latent_shape(), generator=gen)
+    noisy2 = torch.randn(model.latent_shape(), generator=gen)
+    sigma = 0.7
+    model._write_cache(state, clean1, emb)
+    ours = model._velocity(noisy2, sigma, emb)
+
+    n1 = n2 = model.tokens_per_frame() * model.latent_frames
+    mask = torch.ones(n1 + n2, n1 + n2, dtype=torch.bool)
+    mask[:n1, n1:] = False  # the past chunk never sees the present one
+    for block in stock.blocks:
+        block.attn1.set_processor(_Masked(mask))
+    timestep = torch.cat([torch.zeros(n1), torch.full((n2,), sigma * 1000.0)])[None]
+    full = stock(torch.cat([clean1, noisy2], 2), timestep=timestep, encoder_hidden_states=emb, return_dict=False)[0]
+    reference = full[:, :, model.latent_frames:]
+    torch.testing.assert_close(ours, reference, atol=2e-5, rtol=1e-4)
+
+
+def test_kv_cache_stays_bounded_and_keeps_sink_and_recent_frames():
+    from ltc_stream.models.causal_wan import KVCache
+
+    cache = KVCache(num_layers=2, tokens_per_frame=4, sink_frames=3, window_frames=6)
+    sizes = []
+    for chunk in range(40):
+        frames = torch.arange(chunk * 3, chunk * 3 + 3, dtype=torch.float32)
+        k = frames.repeat_interleave(4).view(1, 12, 1, 1)
+        for layer in range(2):
+            cache.append(layer, k, k.clone())
+        cache.commit_frames(frames.view(1, 1, 3, 1, 1))
+        sizes.append(cache.nbytes())
+    assert max(sizes) == sizes[-1] == sizes[3]  # flat once the window is full
+    expected = [0, 1, 2] + list(range(40 * 3 - 6, 40 * 3))
+    assert cache.latents.flatten().tolist() == expected
+    assert cache.k[1][0, ::4, 0, 0].tolist() == expected
+
+
+@torch.no_grad()
+def test_streaming_vae_decode_equals_whole_video_decode():
+    from ltc_stream.models.causal_wan import StreamingWanDecoder
+
+    _, vae = tiny_wan_parts(seed=2)
+    z = torch.randn(1, 16, 6, 4, 6, generator=torch.Generator().manual_seed(3))
+    dec = StreamingWanDecoder(vae)
+    streamed = torch.cat([dec(z[:, :, :3]), dec(z[:, :, 3:])], 2)
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    whole = vae.decode(z * std + mean, return_dict=False)[0]
+    assert streamed.shape == whole.shape == (1, 3, 1 + 4 * 5, 32, 48)
+    torch.testing.assert_close(streamed, whole, atol=1e-5, rtol=1e-4)
+
+
+def test_wan_folder_loads_and_streams_bounded_chunks(wan_folder):
+    model = load_model(str(wan_folder), device="cpu", height=32, width=48, window_frames=3, decoder="vae")
+    assert model.describe()["decoder"] == "vae"
+    state = model.new_stream(seed=0)
+    emb = model.encode_prompt("a red ball moves left")
+    assert emb.shape == (1, 16, 32)
+    shapes, cache_bytes = [], []
+    for _ in range(6):
+        result = model.generate_chunk(state, emb, ltc=False)
+        shapes.append(result.frames.shape)
+        cache_bytes.append(result.extra["kv_cache_bytes"])
+    assert shapes[0] == (9, 32, 48, 3)  # causal VAE: the first latent frame is one frame
+    assert all(s == (12, 32, 48, 3) for s in shapes[1:])
+    assert cache_bytes[1] == cache_bytes[-1] and state.cache.frames == 6  # sink 3 + window 3
+
+
+def test_wan_prompt_change_recaches(wan_folder):
+    model = load_model(str(wan_folder), device="cpu", height=32, width=48, decoder="vae")
+    calls = _count_calls(model.transformer)
+    state = model.new_stream(seed=0)
+    model.generate_chunk(state, model.encode_prompt("a red ball"), ltc=False)
+    model.generate_chunk(state, model.encode_prompt("a red ball"), ltc=False)
+    before = calls["n"]
+    result = model.generate_chunk(state, model.encode_prompt("a blue cat"), ltc=False)
+    assert result.extra["cache_calls"] == 2 and calls["n"] - before == 4 + 2
+
+
+def test_wan_tiny_decoder_shapes(wan_folder):
+    model = load_model(str(wan_folder), device="cpu", height=32, width=48)  # auto: tiny_vae/ is present
+    assert model.describe()["decoder"] == "tiny"
+    state = model.new_stream(seed=0)
+    emb = model.encode_prompt("a blue square")
+    assert model.generate_chunk(state, emb).frames.shape == (9, 32, 48, 3)
+    assert model.generate_chunk(state, emb).frames.shape == (12, 32, 48, 3)
+
+
+def test_wan_ltc_engages_with_counted_calls(wan_folder, tmp_path):
+    from ltc_stream.models.adapters import calibrate_model
+
+    folder = tmp_path / "wan"
+    shutil.copytree(wan_folder, folder)
+    model = load_model(str(folder), device="cpu", height=32, width=48, decoder="vae")
+    weights = calibrate_model(model, ["a red ball", "a blue cat"], LTCConfig(tau=3.0, max_skips=1))
+    assert weights.model_calls == 3 and len(weights.angles) == 4
+    weights.save(folder / "ltc_weights.json")
+    model = load_model(str(folder), device="cpu", height=32, width=48, decoder="vae")
+    assert model.ltc_weights is not None
+    calls = _count_calls(model.transformer)
+    state = model.new_stream(seed=0)
+    emb = model.encode_prompt("a red ball")
+    on = model.generate_chunk(state, emb, ltc=True)
+    assert on.model_calls == 3 and calls["n"] == 3 + 1  # + the cache write
+    off = model.generate_chunk(state, emb, ltc=False)
+    assert off.model_calls == 4 and calls["n"] == 4 + 5
+    # weights calibrated for another resolution are refused, not reused
+    other = load_model(str(folder), device="cpu", height=48, width=48, decoder="vae")
+    assert other.ltc_weights is None
+
+
+def test_renoise_sampler_and_transition_angles():
+    from ltc_stream.models.causal_wan import transition_angles
+
+    line = [torch.full((4,), float(i)) for i in range(5)]
+    assert all(a < 1e-3 for a in transition_angles(line)[1:])
+    zigzag = [torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])]
+    assert transition_angles(zigzag)[1] == pytest.approx(torch.pi / 2, abs=1e-4)
+
+
+def test_animatediff_folder_streams_overlapping_windows(ad_folder):
+    model = load_model(str(ad_folder), device="cpu", height=32, width=32, window=8, overlap=2)
+    assert model.timesteps == [999.0, 749.0, 499.0, 249.0]  # Lightning's trailing schedule, from the folder
+    state = model.new_stream(seed=0)
+    emb = model.encode_prompt("a green ball")
+    first = model.generate_chunk(state, emb, ltc=False)
+    known = state.known.clone()
+    second = model.generate_chunk(state, emb, ltc=False)
+    assert first.frames.shape == (8, 32, 32, 3) and second.frames.shape == (6, 32, 32, 3)
+    # the overlap frames were held on their known path: decoding them gives the first window's tail
+    tail = model.decode(known)
+    assert (tail.astype(int) - first.frames[-2:].astype(int)).__abs__().max() <= 1
+
+
+def test_animatediff_ltc_engages(ad_folder):
+    from ltc_stream.models.adapters import calibrate_model
+
+    model = load_model(str(ad_folder), device="cpu", height=32, width=32, window=8, overlap=2)
+    model.ltc_weights = calibrate_model(model, ["a red ball"], LTCConfig(tau=3.0, max_skips=1))
+    calls = _count_calls(model.unet)
+    state = model.new_stream(seed=0)
+    result = model.generate_chunk(state, model.encode_prompt("a red ball"), ltc=True)
+    assert result.model_calls == 3 == calls["n"]
+
+
+def test_folder_errors_name_what_is_missing(wan_folder, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(wan_folder, broken)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(ModelNotFoundError, match="vae/"):
+        load_model(str(broken), device="cpu")
+    for f in (broken / "transformer").glob("*.safetensors"):
+        f.unlink()
+    shutil.copytree(wan_folder / "vae", broken / "vae")
+    with pytest.raises(ModelNotFoundError, match="no weights"):
+        load_model(str(broken), device="cpu")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(ModelNotFoundError, match="WanPipeline"):
+        load_model(str(other))
+    with pytest.raises(ConfigError, match="unknown option"):
+        load_model(str(wan_folder), device="cpu", colour="red")
+    with pytest.raises(ConfigError, match="multiples"):
+        load_model(str(wan_folder), device="cpu", height=30, width=48)
