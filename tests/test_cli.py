@@ -39,3 +39,16 @@ def test_device_resolution():
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(ConfigError, match="unknown device"):
         resolve_device("tpu")
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_every_command_has_working_help(name):
+    out = run_cli(name, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "usage: ltc-stream " + name in out.stdout
+
+
+def test_random_weight_models_refuse_to_run_without_the_flag():
+    out = run_cli("bench", "--model", "wan-causal-1.3b", "--device", "cpu")
+    assert out.returncode != 0
+    assert "--random-weights" in out.stderr and "Traceback" not in out.stderr

@@ -230,3 +230,20 @@ def test_folder_errors_name_what_is_missing(wan_folder, tmp_path):
         load_model(str(wan_folder), device="cpu", colour="red")
     with pytest.raises(ConfigError, match="multiples"):
         load_model(str(wan_folder), device="cpu", height=30, width=48)
+
+
+def test_bench_reports_every_lever_with_counted_calls(wan_folder):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "ltc_stream", "bench", "--model", str(wan_folder), "--device", "cpu",
+                          "--height", "32", "--width", "48", "--chunks", "1", "--warmup", "1", "--levers", "ltc,decoder",
+                          "--tau", "3.1", "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    runs = {r["lever"]: r for r in report["runs"]}
+    assert set(runs) == {"baseline", "ltc", "tiny_decoder"}
+    assert runs["baseline"]["calls_per_chunk"] == 4 and runs["ltc"]["calls_per_chunk"] < 4
+    for r in report["runs"]:
+        assert r["e2e_fps"] > 0 and r["frames_per_chunk"] == 12 and r["first_chunk_frames"] == 9
+    assert set(report["lever_speedups"]) >= {"ltc", "tiny_decoder"}

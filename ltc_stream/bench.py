@@ -1,0 +1,233 @@
+"""`ltc-stream bench`: a model's chunk generation, lever by lever, side by side in one run.
+
+For each configuration (LTC off/on, full VAE or tiny decoder, eager or torch.compile / CUDA
+graphs) it runs warm-up chunks, then measures steady-state chunks and reports:
+denoise FPS (frames / sampling seconds), decode FPS, end-to-end FPS (frames / wall seconds of
+generate_chunk), time to first frame of a fresh stream, peak GPU memory, model calls per chunk.
+Each lever's share is the ratio of end-to-end FPS with and without it, measured in the same run.
+
+Random-weight runs (`--random-weights`) are labelled: throughput does not depend on weight
+values, quality does, so their frames mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+from .ltc import LTCConfig
+
+RANDOM_NAMES = ("wan-causal-1.3b", "animatediff-lightning")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default", help="default, a local folder, or a built-in name with --random-weights")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="build wan-causal-1.3b / animatediff-lightning at full size with random weights (throughput only)")
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps per chunk (model default if omitted)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    parser.add_argument("--chunks", type=int, default=6, help="measured chunks per configuration")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured chunks before measuring")
+    parser.add_argument("--levers", default="ltc,decoder,compile",
+                        help="comma list of levers to sweep: ltc, decoder (tiny), compile, cudagraphs")
+    parser.add_argument("--tau", type=float, default=None, help="LTC tau for calibration when the model has no weights")
+    parser.add_argument("--output", default=None, help="also write the JSON here")
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+
+
+def _configs(levers: set[str], cuda: bool, tiny_available: bool) -> list[dict[str, Any]]:
+    """Levers switched on one after another; each entry names the lever it adds."""
+    configs = [dict(lever="baseline", ltc=False, decoder="vae", compile="none")]
+    if "ltc" in levers:
+        configs.append(dict(configs[-1], lever="ltc", ltc=True))
+    if "decoder" in levers and tiny_available:
+        configs.append(dict(configs[-1], lever="tiny_decoder", decoder="tiny"))
+    base = configs[-1]
+    if "compile" in levers:
+        configs.append(dict(base, lever="compile", compile="compile"))
+    if "cudagraphs" in levers and cuda:
+        configs.append(dict(base, lever="cudagraphs", compile="cudagraphs"))
+    return configs
+
+
+def _network(model) -> torch.nn.Module | None:
+    for attr in ("transformer", "unet", "denoiser"):
+        net = getattr(model, attr, None)
+        if isinstance(net, torch.nn.Module):
+            return net
+    return None
+
+
+def _load(args, decoder: str):
+    from .models import load_model
+
+    options: dict[str, Any] = {k: getattr(args, k) for k in ("height", "width", "steps") if getattr(args, k) is not None}
+    if args.model == "default":
+        unknown = {"height", "width"} & set(options)
+        if unknown:
+            raise ConfigError("the default model's resolution is fixed by its weights (128x128); drop --height/--width")
+        return load_model("default", device=args.device, **options)
+    if args.model in RANDOM_NAMES and not args.random_weights:
+        raise ConfigError(f"{args.model!r} has no weights here (nothing is downloaded): pass a local diffusers "
+                          "folder, or --random-weights to measure throughput at full size")
+    return load_model(args.model, device=args.device, decoder=decoder, dtype=args.dtype, **options)
+
+
+def _tiny_available(args) -> bool:
+    from pathlib import Path
+
+    if args.model in RANDOM_NAMES:
+        return True
+    return args.model != "default" and (Path(args.model) / "tiny_vae" / "config.json").is_file()
+
+
+def _ensure_ltc(model, args) -> str:
+    if getattr(model, "ltc_weights", None) is not None:
+        return "calibrated weights"
+    from .models.adapters import calibrate_model
+
+    prompts = ["a red ball rolls to the left", "a blue square moves up over a green field"]
+    if hasattr(model, "calibrate_ltc"):  # the default model calibrates itself
+        model.ltc_weights = model.calibrate_ltc(prompts, LTCConfig(tau=args.tau or 0.1, max_skips=1))
+        return "calibrated now (no ltc_weights.json beside the weights)"
+    if args.random_weights:
+        # Random weights: angles mean nothing, so skip one step per chunk as a calibrated 4-step
+        # model would; the figure is about the cost of the step that is skipped.
+        model.ltc_weights = calibrate_model(model, prompts, LTCConfig(tau=3.1, max_skips=1))
+        return "one skip per chunk forced (random weights)"
+    model.ltc_weights = calibrate_model(model, prompts, LTCConfig(tau=args.tau or 0.1))
+    return "calibrated now (no ltc_weights.json in the folder)"
+
+
+def _compile(model, mode: str) -> None:
+    net = _network(model)
+    if net is None or mode == "none":
+        return
+    kwargs = {"mode": "reduce-overhead"} if mode == "cudagraphs" else {}
+    compiled = torch.compile(net, dynamic=False, **kwargs)
+    for attr in ("transformer", "unet", "denoiser"):
+        if getattr(model, attr, None) is net:
+            setattr(model, attr, compiled)
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_config(args, cfg: dict[str, Any]) -> dict[str, Any]:
+    model = _load(args, cfg["decoder"])
+    ltc_source = _ensure_ltc(model, args) if cfg["ltc"] else None
+    _compile(model, cfg["compile"])
+    device = model.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    emb = model.encode_prompt("a red ball rolls to the left over a blue sky")
+    state = model.new_stream(seed=0)
+    t0 = time.perf_counter()
+    first = model.generate_chunk(state, emb, ltc=cfg["ltc"])  # includes compilation when compiling
+    _sync(device)
+    ttff_cold = time.perf_counter() - t0
+    for _ in range(max(0, args.warmup - 1)):
+        model.generate_chunk(state, emb, ltc=cfg["ltc"])
+    frames = calls = 0
+    denoise_s = decode_s = 0.0
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.chunks):
+        r = model.generate_chunk(state, emb, ltc=cfg["ltc"])
+        frames += len(r.frames)
+        calls += r.model_calls
+        denoise_s += r.denoise_s
+        decode_s += r.decode_s
+    _sync(device)
+    wall = time.perf_counter() - t0
+    # time to first frame of a fresh stream on the warm model (what a new viewer waits)
+    state2 = model.new_stream(seed=1)
+    t1 = time.perf_counter()
+    model.generate_chunk(state2, emb, ltc=cfg["ltc"])
+    _sync(device)
+    ttff = time.perf_counter() - t1
+    entry = dict(cfg, e2e_fps=round(frames / wall, 2), denoise_fps=round(frames / denoise_s, 2),
+                 decode_fps=round(frames / decode_s, 2) if decode_s > 0 else None,
+                 ttff_s=round(ttff, 3), ttff_cold_s=round(ttff_cold, 3),
+                 peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+                 calls_per_chunk=round(calls / args.chunks, 2), frames_per_chunk=frames / args.chunks,
+                 first_chunk_frames=len(first.frames), ltc_weights=ltc_source)
+    extra = first.extra or {}
+    if "kv_cache_bytes" in extra:
+        entry["kv_cache_mb"] = round(r.extra["kv_cache_bytes"] / 2**20, 3)
+        entry["cache_calls_per_chunk"] = r.extra.get("cache_calls")
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return entry
+
+
+def _shares(entries: list[dict[str, Any]]) -> dict[str, float]:
+    """Each lever's speed-up: end-to-end FPS with it over the configuration it was added to."""
+    out = {}
+    by_lever = {e["lever"]: e for e in entries}
+    for i, e in enumerate(entries[1:], 1):
+        before = entries[i - 1]
+        if e["lever"] == "cudagraphs" and "compile" in by_lever:  # both are added to the same eager base
+            before = entries[entries.index(by_lever["compile"]) - 1]
+        out[e["lever"]] = round(e["e2e_fps"] / before["e2e_fps"], 3)
+    best = max(entries, key=lambda e: e["e2e_fps"])
+    out["best_over_baseline"] = round(best["e2e_fps"] / entries[0]["e2e_fps"], 3)
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.chunks < 1 or args.warmup < 1:
+        raise ConfigError("--chunks and --warmup must be at least 1")
+    levers = {s.strip() for s in args.levers.split(",") if s.strip()}
+    unknown = levers - {"ltc", "decoder", "compile", "cudagraphs"}
+    if unknown:
+        raise ConfigError(f"unknown lever(s): {', '.join(sorted(unknown))}")
+    from .device import resolve_device
+
+    device = resolve_device(args.device)
+    entries = []
+    for cfg in _configs(levers, device.type == "cuda", _tiny_available(args)):
+        if not args.json:
+            print(f"[bench] {cfg} ...", file=sys.stderr, flush=True)
+        entry = run_config(args, cfg)
+        entries.append(entry)
+        if not args.json:
+            print(f"[bench]   e2e {entry['e2e_fps']} FPS, denoise {entry['denoise_fps']}, decode "
+                  f"{entry['decode_fps']}, calls/chunk {entry['calls_per_chunk']}, TTFF {entry['ttff_s']} s",
+                  file=sys.stderr, flush=True)
+    result = {
+        "model": args.model,
+        "random_weights": bool(args.random_weights),
+        "note": "random weights: throughput only, frames are noise" if args.random_weights else None,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "height": args.height, "width": args.width, "steps": args.steps,
+        "chunks": args.chunks, "warmup": args.warmup,
+        "command": "ltc-stream bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else None,
+        "runs": entries,
+        "lever_speedups": _shares(entries) if len(entries) > 1 else {},
+    }
+    text = json.dumps(result, indent=None if args.json else 2)
+    print(text)
+    if args.output:
+        with open(args.output, "w") as fh:
+            fh.write(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # python -m ltc_stream.bench
+    parser = argparse.ArgumentParser(prog="python -m ltc_stream.bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))
