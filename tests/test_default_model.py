@@ -133,3 +133,35 @@ def test_packaged_default_model_loads_by_name():
     assert chunk.frames.shape == (model.frames_per_chunk, model.height, model.width, 3)
     assert model.ltc_weights is not None and chunk.model_calls < model.steps
     assert torch.get_num_threads() >= 1
+
+
+def test_resume_reuses_finished_stages(quick_folder, tmp_path):
+    folder = tmp_path / "resume"
+    shutil.copytree(quick_folder[0], folder)
+    meta = json.loads((folder / "ltc_model.json").read_text())
+    meta["stage"] = "teacher"
+    (folder / "ltc_model.json").write_text(json.dumps(meta))
+    teacher_before = (folder / "teacher.safetensors").read_bytes()
+    net = NetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["net"].items()})
+    summary = train(TrainConfig.quick(), net, folder, resume=True)
+    assert summary["resumed_after"] == "teacher"
+    assert (folder / "teacher.safetensors").read_bytes() == teacher_before  # not retrained
+    assert json.loads((folder / "ltc_model.json").read_text())["stage"] == "distilled"
+    log = np.load(folder / "loss_log.npy")
+    assert {0, 1, 2} <= set(log[:, 0].astype(int).tolist())  # earlier stages' losses carried over
+
+
+def test_evaluate_reports_ltc_against_fewer_steps_and_sampler_angles(quick_folder):
+    from ltc_stream.models.default.evaluate import evaluate
+
+    model = load_model(str(quick_folder[0]), device="cpu")
+    calibrate_model(model, n_prompts=4, tau=3.0)
+    report = evaluate(model, n_prompts=2, chunks=2, speed_chunks=1, sizes=(64,))
+    ltc = report["ltc"]
+    assert ltc["calls_per_chunk_full"] == model.steps and ltc["calls_per_chunk_ltc"] == model.steps - 1
+    assert np.isfinite(ltc["psnr_vs_full_db"]) and np.isfinite(ltc["psnr_fewer_steps_vs_full_db"])
+    for sampler in ("euler", "renoise"):
+        angles = ltc["angles_by_sampler"][sampler]
+        assert len(angles) == model.steps and angles[0] is None and all(0 <= a <= np.pi for a in angles[1:])
+    assert ltc["angles_by_sampler"]["euler"] != ltc["angles_by_sampler"]["renoise"]
+    assert model.sigmas.tolist() == torch.linspace(1, 0, model.steps + 1).tolist()  # restored after "fewer"

@@ -22,6 +22,7 @@ import torch
 
 from ...errors import ConfigError
 from ...ltc import LTCConfig, psnr
+from .model import sigma_schedule
 from .world import COLOURS, LINEAR_MOTIONS, MOTIONS, caption, sample_scene
 
 PALETTE = {name: np.array(rgb, np.float32) for name, (rgb, _) in COLOURS.items()}
@@ -117,20 +118,28 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
     report: dict = {"model": model.describe()}
     # LTC: calls and PSNR against the same noise without LTC
     scenes = held_out_scenes(n_prompts)
-    rows, psnrs, calls_ltc, calls_full, boundary, inside = [], [], [], [], [], []
+    rows, psnrs, psnrs_fewer, calls_ltc, calls_full, boundary, inside = [], [], [], [], [], [], []
+    full_sigmas, full_steps = model.sigmas, model.steps
     for k, scene in enumerate(scenes):
         emb = model.encode_prompt(scene.caption)
         videos = {}
-        for ltc in (True, False):
+        for mode in ("ltc", "full", "fewer"):
+            # "fewer": the model at one step fewer of its own schedule, no LTC: the paper's fair
+            # comparison for distilled models (4 -> 3 steps) at the same number of model calls
+            if mode == "fewer":
+                model.sigmas, model.steps = sigma_schedule(full_steps - 1), full_steps - 1
             state = model.new_stream(1000 + k)
             parts = []
             for _ in range(chunks):
-                r = model.generate_chunk(state, emb, ltc=ltc)
+                r = model.generate_chunk(state, emb, ltc=mode == "ltc")
                 parts.append(r.frames)
-                (calls_ltc if ltc else calls_full).append(r.model_calls)
-            videos[ltc] = parts
-        video = np.concatenate(videos[True])
-        psnrs.append(psnr(torch.from_numpy(video).float(), torch.from_numpy(np.concatenate(videos[False])).float()))
+                if mode != "fewer":
+                    (calls_ltc if mode == "ltc" else calls_full).append(r.model_calls)
+            model.sigmas, model.steps = full_sigmas, full_steps
+            videos[mode] = np.concatenate(parts)
+        video, reference = videos["ltc"], torch.from_numpy(videos["full"]).float()
+        psnrs.append(psnr(torch.from_numpy(video).float(), reference))
+        psnrs_fewer.append(psnr(torch.from_numpy(videos["fewer"]).float(), reference))
         rows.append(check_fidelity(video[model.frames_per_chunk:], scene))  # judge after the first chunk settles
         diffs = np.abs(np.diff(video.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
         t = model.frames_per_chunk
@@ -138,7 +147,7 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
             (boundary if (i + 1) % t == 0 else inside).append(float(d))
     checks = [v for r in rows for v in r["checks"].values()]
     by_kind = {kind: float(np.mean([r["checks"][kind] for r in rows if kind in r["checks"]]))
-               for kind in ("background", "object", "direction")}
+               for kind in ("background", "object", "direction") if any(kind in r["checks"] for r in rows)}
     report["fidelity"] = {"accuracy": round(float(np.mean(checks)), 3), "checks": len(checks),
                           "by_kind": {k: round(v, 3) for k, v in by_kind.items()}, "prompts": n_prompts,
                           "examples": rows[:6]}
@@ -149,6 +158,9 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
                      "calls_per_chunk_ltc": float(np.mean(calls_ltc)), "calls_per_chunk_full": float(np.mean(calls_full)),
                      "speedup_calls": round(float(np.mean(calls_full) / np.mean(calls_ltc)), 3),
                      "psnr_vs_full_db": round(float(np.mean(psnrs)), 2),
+                     "psnr_fewer_steps_vs_full_db": round(float(np.mean(psnrs_fewer)), 2),
+                     "fewer_steps": full_steps - 1,
+                     "angles_by_sampler": sampler_angles(model, [s.caption for s in scenes[:8]]),
                      "skipped_steps": model.ltc_weights.skipped_steps if model.ltc_weights else [],
                      "w_g": [round(w, 4) for w in model.ltc_weights.w_g] if model.ltc_weights else [],
                      "angles": [None if a is None else round(a, 4) for a in model.ltc_weights.angles] if model.ltc_weights else []}
@@ -162,6 +174,25 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
     report["speed"] = {"threads": torch.get_num_threads(), "by_size": speed,
                        "largest_size_streaming_16fps": max([e["size"] for e in speed if e["fps_ltc"] >= 16], default=None)}
     return report
+
+
+@torch.no_grad()
+def sampler_angles(model, prompts: list[str], seed: int = 7) -> dict:
+    """Adjacent-transition angles (rad) of the deterministic Euler sampler and of Self-Forcing's
+    re-noising sampler on the same model, prompts and initial noise: LTC's premise is small angles."""
+    from ...ltc import sample
+    from ..causal_wan import renoise_sample, transition_angles
+
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.stack([model.encode_prompt(p) for p in prompts])
+    x_T = torch.randn(model.latent_shape(len(prompts)), generator=gen)
+    den = model.denoiser_fn(tokens, None)
+    _, info = sample(den, x_T, model.sigmas, record=True)
+    renoised = [x_T]
+    renoise_sample(den, x_T, list(model.sigmas.tolist() if torch.is_tensor(model.sigmas) else model.sigmas),
+                   torch.Generator().manual_seed(seed + 1), record=renoised)
+    fmt = lambda a: [None if v is None else round(v, 4) for v in a]  # noqa: E731
+    return {"euler": fmt(transition_angles(info.trajectory)), "renoise": fmt(transition_angles(renoised))}
 
 
 def calibrate_model(model, n_prompts: int = 16, tau: float = 0.1, max_skips: int | None = 1):
