@@ -19,7 +19,7 @@ from ltc_stream.models.default.world import LINEAR_MOTIONS, parse_caption, rende
 def quick_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("quick-default")
     net = NetConfig(height=64, width=64, ae_widths=(8, 8, 16), width0=16, width1=16, blocks0=1, blocks1=1,
-                    cond_dim=32, text_queries=2, frames_per_chunk=4)
+                    cond_dim=32, text_queries=2, frames_per_chunk=4, cross_attn=True)
     summary = train(TrainConfig.quick(), net, folder)
     return folder, summary
 

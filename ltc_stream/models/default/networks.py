@@ -31,6 +31,8 @@ class NetConfig:
     text_queries: int = 4
     max_tokens: int = 16
     text_dim: int = EMBED_DIM
+    cross_attn: bool = False  # token cross-attention in the half-resolution blocks (new models: True)
+    heads: int = 4
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,6 +148,34 @@ class FiLMBlock(nn.Module):
         return h + self.temporal(y)
 
 
+class TokenCrossAttention(nn.Module):
+    """Every latent position attends over the prompt's token states (padding masked), so words
+    can land on the part of the picture they describe ("red" on the ball, "blue" on the sky)."""
+
+    def __init__(self, width: int, text_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(8, width)
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(text_dim, 2 * width)
+        self.null_kv = nn.Parameter(torch.zeros(2, width))  # always attendable: the empty prompt is defined
+        self.o = nn.Linear(width, width)
+        nn.init.zeros_(self.o.weight)
+        nn.init.zeros_(self.o.bias)
+
+    def forward(self, h: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, c, t, hh, ww = h.shape
+        n, nh = t * hh * ww, self.heads
+        x = self.norm(h).permute(0, 2, 3, 4, 1).reshape(b, n, c)
+        q = self.q(x).view(b, n, nh, c // nh).transpose(1, 2)
+        kv = torch.cat([self.null_kv.expand(b, 1, 2, c), self.kv(tokens).view(b, tokens.shape[1], 2, c)], 1)
+        k, v = kv.view(b, -1, 2, nh, c // nh).permute(2, 0, 3, 1, 4)
+        mask = torch.cat([mask.new_ones(b, 1), mask], 1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        out = self.o(out.transpose(1, 2).reshape(b, n, c))
+        return h + out.view(b, t, hh, ww, c).permute(0, 4, 1, 2, 3)
+
+
 class Denoiser(nn.Module):
     """Predicts the flow-matching velocity v = noise - x0 of a latent chunk [B, C, T, h, w],
     given sigma, the prompt's token states and the previous chunk's last latent frames."""
@@ -163,6 +193,8 @@ class Denoiser(nn.Module):
         self.down_blocks = nn.ModuleList(FiLMBlock(w0, cfg.cond_dim) for _ in range(cfg.blocks0))
         self.down = nn.Conv3d(w0, w1, (1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
         self.mid_blocks = nn.ModuleList(FiLMBlock(w1, cfg.cond_dim) for _ in range(cfg.blocks1))
+        self.cross = nn.ModuleList(TokenCrossAttention(w1, cfg.text_dim, cfg.heads) for _ in range(cfg.blocks1)) \
+            if cfg.cross_attn else None
         self.up = nn.ConvTranspose3d(w1, w0, (1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
         self.up_blocks = nn.ModuleList(FiLMBlock(w0, cfg.cond_dim) for _ in range(cfg.blocks0))
         self.out_norm = nn.GroupNorm(8, w0)
@@ -189,8 +221,11 @@ class Denoiser(nn.Module):
             h = block(h, cond)
         skip = h
         h = self.down(h)
-        for block in self.mid_blocks:
+        mask = tokens.abs().sum(-1) > 0
+        for i, block in enumerate(self.mid_blocks):
             h = block(h, cond)
+            if self.cross is not None:
+                h = self.cross[i](h, tokens, mask)
         h = self.up(h) + skip
         for block in self.up_blocks:
             h = block(h, cond)

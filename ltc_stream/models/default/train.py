@@ -37,13 +37,15 @@ class TrainConfig:
     clips: int = 3000
     ae_steps: int = 1500
     ae_batch: int = 24
-    teacher_steps: int = 2200
+    teacher_steps: int = 2000
     teacher_batch: int = 16
     distil_trajectories: int = 768
     distil_substeps: int = 8
     distil_steps: int = 700
     distil_batch: int = 16
     student_steps: int = 4
+    text_dropout: float = 0.1  # teacher: share of prompts replaced by the empty prompt (for guidance)
+    guidance: float = 3.0  # distillation targets follow the teacher's classifier-free-guided ODE
     lr: float = 2e-3
     threads: int = 2
 
@@ -161,11 +163,18 @@ def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainCo
         idx = torch.randint(len(latents), (cfg.teacher_batch,), generator=gen)
         context, x0 = split_clip(latents[idx], net)
         context, keep = augment_context(context, gen)
-        sigma = torch.sigmoid(torch.randn(cfg.teacher_batch, generator=gen) * 1.0)
+        # half logit-normal (detail), half uniform: the high-noise end, where the prompt decides the
+        # layout and colours, gets its share of training
+        logit_normal = torch.sigmoid(torch.randn(cfg.teacher_batch, generator=gen))
+        uniform = torch.rand(cfg.teacher_batch, generator=gen)
+        sigma = torch.where(torch.rand(cfg.teacher_batch, generator=gen) < 0.5, logit_normal, uniform)
         noise = torch.randn(x0.shape, generator=gen)
         s = sigma.view(-1, 1, 1, 1, 1)
         x = (1 - s) * x0 + s * noise
-        v = denoiser_velocity(model, x, sigma, tokens[idx], context, keep)
+        text = tokens[idx]
+        drop = torch.rand(len(idx), generator=gen) < cfg.text_dropout
+        text = torch.where(drop.view(-1, 1, 1), torch.zeros_like(text), text)  # the empty prompt
+        v = denoiser_velocity(model, x, sigma, text, context, keep)
         loss = F.mse_loss(v, noise - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,7 +207,11 @@ def teacher_trajectories(teacher: Denoiser, latents, tokens, net: NetConfig, cfg
         for i in range(cfg.student_steps):
             fine = torch.linspace(float(sig[i]), float(sig[i + 1]), cfg.distil_substeps + 1)
             for j in range(cfg.distil_substeps):
-                v = denoiser_velocity(teacher, x, fine[j].expand(len(x)), tokens[idx], context, keep)
+                sigma = fine[j].expand(len(x))
+                v = denoiser_velocity(teacher, x, sigma, tokens[idx], context, keep)
+                if cfg.guidance != 1.0:  # guidance distilled into the student: no extra call at run time
+                    v_u = denoiser_velocity(teacher, x, sigma, torch.zeros_like(tokens[idx]), context, keep)
+                    v = v_u + cfg.guidance * (v - v_u)
                 x = x + (fine[j + 1] - fine[j]) * v
             states.append(x)
         records.append((idx, context, keep, torch.stack(states, 1)))
@@ -292,18 +305,26 @@ def save_folder(out: Path, net: NetConfig, ae: Autoencoder, teacher: Denoiser | 
 _STAGES = ("ae", "teacher", "distilled")
 
 
+_AE_NET_KEYS = ("height", "width", "latent_channels", "ae_widths")
+
+
 def _resumable_stage(out: Path, cfg: TrainConfig, net: NetConfig) -> str | None:
-    """The last finished stage in `out` if it was written with the same network and the same
-    settings for the stages before distillation; None otherwise (then everything is retrained)."""
+    """The last finished stage in `out` that can be reused: the teacher (and, before it, the
+    autoencoder) when everything up to it was trained with the same network and settings; the
+    autoencoder alone when only the denoiser changed. None: everything is retrained."""
     meta_path = out / "ltc_model.json"
     if not meta_path.is_file():
         return None
     meta = json.loads(meta_path.read_text())
-    same_net = meta.get("net") == json.loads(json.dumps(net.to_dict()))
-    keys = ("seed", "clips", "ae_steps", "ae_batch", "teacher_steps", "teacher_batch", "lr")
-    same_cfg = all(meta.get("train", {}).get(k) == getattr(cfg, k) for k in keys)
-    stage = meta.get("stage")
-    return stage if same_net and same_cfg and stage in _STAGES else None
+    saved_net, saved_cfg = meta.get("net", {}), meta.get("train", {})
+    current = json.loads(json.dumps(net.to_dict()))
+    same_ae = (all(saved_net.get(k) == current[k] for k in _AE_NET_KEYS)
+               and all(saved_cfg.get(k) == getattr(cfg, k) for k in ("seed", "clips", "ae_steps", "ae_batch", "lr")))
+    if not same_ae or meta.get("stage") not in _STAGES:
+        return None
+    same_teacher = (NetConfig.from_dict(saved_net) == net
+                    and all(saved_cfg.get(k) == getattr(cfg, k) for k in ("teacher_steps", "teacher_batch")))
+    return meta["stage"] if same_teacher else "ae"
 
 
 def _load_into(module: torch.nn.Module, path: Path) -> None:
@@ -387,9 +408,9 @@ def main(args: argparse.Namespace) -> int:
             setattr(cfg, name, value)
     if args.size % 8 or not 32 <= args.size <= 512:
         raise ConfigError(f"--size must be a multiple of 8 between 32 and 512, got {args.size}")
-    net = NetConfig(height=args.size, width=args.size)
+    net = NetConfig(height=args.size, width=args.size, cross_attn=True)
     if args.quick:
         net = NetConfig(height=args.size, width=args.size, ae_widths=(8, 8, 16), width0=16, width1=16,
-                        blocks0=1, blocks1=1, cond_dim=32, text_queries=2)
+                        blocks0=1, blocks1=1, cond_dim=32, text_queries=2, cross_attn=True)
     train(cfg, net, args.output, resume=args.resume)
     return 0
