@@ -151,6 +151,26 @@ def test_resume_reuses_finished_stages(quick_folder, tmp_path):
     assert {0, 1, 2} <= set(log[:, 0].astype(int).tolist())  # earlier stages' losses carried over
 
 
+def test_resume_trains_a_shorter_teacher_on(quick_folder, tmp_path):
+    folder = tmp_path / "longer"
+    shutil.copytree(quick_folder[0], folder)
+    meta = json.loads((folder / "ltc_model.json").read_text())
+    teacher_before = (folder / "teacher.safetensors").read_bytes()
+    ae_before = (folder / "autoencoder.safetensors").read_bytes()
+    net = NetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["net"].items()})
+    cfg = TrainConfig.quick()
+    cfg.teacher_steps = meta["train"]["teacher_steps"] + 12
+    summary = train(cfg, net, folder, resume=True)
+    assert summary["resumed_after"] == "teacher-partial"
+    assert summary["teacher_trained_on_from_step"] == meta["train"]["teacher_steps"]
+    assert (folder / "autoencoder.safetensors").read_bytes() == ae_before  # reused
+    assert (folder / "teacher.safetensors").read_bytes() != teacher_before  # trained on
+    log = np.load(folder / "loss_log.npy")
+    teacher_steps = log[log[:, 0] == 1][:, 1].astype(int).tolist()
+    assert teacher_steps == list(range(cfg.teacher_steps))  # the old steps' losses, then the new ones, once each
+    assert json.loads((folder / "ltc_model.json").read_text())["train"]["teacher_steps"] == cfg.teacher_steps
+
+
 def test_evaluate_reports_ltc_against_fewer_steps_and_sampler_angles(quick_folder):
     from ltc_stream.models.default.evaluate import evaluate
 

@@ -37,7 +37,7 @@ class TrainConfig:
     clips: int = 3000
     ae_steps: int = 1500
     ae_batch: int = 24
-    teacher_steps: int = 2000
+    teacher_steps: int = 5000
     teacher_batch: int = 16
     distil_trajectories: int = 768
     distil_substeps: int = 8
@@ -153,13 +153,22 @@ def denoiser_velocity(model: Denoiser, x, sigma, tokens, context, keep) -> torch
     return torch.where(keep.view(-1, 1, 1, 1, 1), v_ctx, v_none)
 
 
-def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainConfig, log: list) -> Denoiser:
-    """Rectified-flow matching: x_s = (1-s) x0 + s n, target velocity n - x0, s ~ logit-normal."""
-    gen = torch.Generator().manual_seed(cfg.seed + 2)
+def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainConfig, log: list,
+                  start: int = 0) -> Denoiser:
+    """Rectified-flow matching: x_s = (1-s) x0 + s n, target velocity n - x0, s half logit-normal,
+    half uniform. With `start` > 0 the model is a teacher already trained for `start` steps: it
+    trains on for the remaining `cfg.teacher_steps - start` steps with a fresh warm-up and cosine at
+    half the learning rate, its EMA starting from the loaded weights, new batches (the generator is
+    seeded by `start`)."""
+    gen = torch.Generator().manual_seed(cfg.seed + 2 + start)
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    for step in _progress(range(cfg.teacher_steps), cfg.teacher_steps, "teacher (flow matching)"):
-        _cosine_lr(opt, step, cfg.teacher_steps, cfg.lr)
+    total = cfg.teacher_steps - start
+    base_lr = cfg.lr if start == 0 else cfg.lr * 0.5
+    opt = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=0.01)
+    desc = "teacher (flow matching)" if start == 0 else f"teacher (flow matching, steps {start}..{cfg.teacher_steps})"
+    for local in _progress(range(total), total, desc):
+        step = start + local
+        _cosine_lr(opt, local, total, base_lr)
         idx = torch.randint(len(latents), (cfg.teacher_batch,), generator=gen)
         context, x0 = split_clip(latents[idx], net)
         context, keep = augment_context(context, gen)
@@ -322,9 +331,16 @@ def _resumable_stage(out: Path, cfg: TrainConfig, net: NetConfig) -> str | None:
                and all(saved_cfg.get(k) == getattr(cfg, k) for k in ("seed", "clips", "ae_steps", "ae_batch", "lr")))
     if not same_ae or meta.get("stage") not in _STAGES:
         return None
-    same_teacher = (NetConfig.from_dict(saved_net) == net
-                    and all(saved_cfg.get(k) == getattr(cfg, k) for k in ("teacher_steps", "teacher_batch")))
+    same_net = NetConfig.from_dict(saved_net) == net and saved_cfg.get("teacher_batch") == cfg.teacher_batch
+    saved_steps = saved_cfg.get("teacher_steps")
+    if same_net and meta["stage"] != "ae" and isinstance(saved_steps, int) and saved_steps < cfg.teacher_steps:
+        return "teacher-partial"  # a teacher trained for fewer steps: train it on
+    same_teacher = same_net and saved_steps == cfg.teacher_steps
     return meta["stage"] if same_teacher else "ae"
+
+
+def _saved_teacher_steps(out: Path) -> int:
+    return int(json.loads((out / "ltc_model.json").read_text())["train"]["teacher_steps"])
 
 
 def _load_into(module: torch.nn.Module, path: Path) -> None:
@@ -343,6 +359,9 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False) -> 
           + (f"; resuming after stage '{done}'" if done else ""))
     if resume and done is None:
         print("[train-default] nothing to resume (no folder, or it was trained with other settings): training from scratch")
+    start = _saved_teacher_steps(out) if done == "teacher-partial" else 0
+    if start:
+        print(f"[train-default] the teacher in {out} has {start} steps: training it on to {cfg.teacher_steps}")
     if done is not None:
         log.extend(load_loss_log(out, ("ae", "teacher") if done != "ae" else ("ae",)))
         if not log and (out / "loss_curves.png").is_file():  # folder from before the log was saved
@@ -365,7 +384,10 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False) -> 
         _load_into(teacher, out / "teacher.safetensors")
         teacher.eval()
     else:
-        teacher = train_teacher(teacher, latents, data["tokens"], net, cfg, log)
+        if start:
+            _load_into(teacher, out / "teacher.safetensors")
+            log[:] = [r for r in log if r[0] != "teacher" or r[1] < start]
+        teacher = train_teacher(teacher, latents, data["tokens"], net, cfg, log, start=start)
         save_folder(out, net, ae, teacher, None, cfg, "teacher")
         save_loss_curves(log, out / "loss_curves.png")
     print(f"[train-default] teacher done at {time.time() - t0:.0f} s")
@@ -376,6 +398,7 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False) -> 
     summary = {
         "seconds": round(elapsed, 1),
         "resumed_after": done,
+        "teacher_trained_on_from_step": start or None,
         "final_loss": {s: float(np.mean([r[2] for r in log if r[0] == s][-50:])) for s in ("ae", "teacher", "distil")
                        if any(r[0] == s for r in log)},
     }
@@ -392,7 +415,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=128, help="frame height and width in pixels (multiple of 8)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch")
     parser.add_argument("--resume", action="store_true",
-                        help="reuse the autoencoder and teacher already in --output when they were trained with the same settings")
+                        help="reuse the autoencoder and teacher already in --output when they were trained with the same settings; "
+                             "a teacher trained for fewer --teacher-steps is trained on from where it stopped")
     for name in ("clips", "ae_steps", "teacher_steps", "distil_steps", "student_steps"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None)
 
