@@ -45,7 +45,9 @@ class LTCConfig:
     interval: None = skip wherever the measured angle allows; (l, r) = the reference code's fixed
               interval: skip every `period`-th step with l <= i < r, angles ignored.
     bias:     added to every w_g; "auto" finds it by bisection on PSNR against the full-step output.
-    max_skips: optional cap on the number of skipped steps (None = no cap).
+    max_skips: optional cap on the number of skipped steps (None = no cap). With a cap, the
+        skipped steps are the smallest angles below tau measured on a full-step pass first
+        (one extra sampling run during calibration), not the first ones met.
     """
 
     tau: float = 0.1
@@ -292,6 +294,31 @@ def _may_skip(i: int, cfg: LTCConfig, angle: float | None, last_skip: int, n_ski
     return False, f"angle {angle:.3f} >= tau {cfg.tau}"
 
 
+def _plan_capped_skips(denoiser: Denoiser, x_T: torch.Tensor, sig: torch.Tensor, cfg: LTCConfig) -> dict[int, str]:
+    """With `max_skips` set: which steps to skip, chosen on the full-step trajectory as the
+    smallest adjacent-transition angles below tau (at most `max_skips`, `period` apart), rather
+    than the first ones the accelerated pass meets. Returns {step: reason} for every step i >= 1."""
+    _, info = sample(denoiser, x_T, sig, record=True)
+    traj = info.trajectory
+    n = len(sig) - 1
+    full_angles = {i: transition_stats(traj[i + 1] - traj[i], traj[i] - traj[i - 1], step_ratio(sig, i))[0]
+                   for i in range(1, n)}
+    chosen: list[int] = []
+    plan: dict[int, str] = {}
+    for i in sorted(full_angles, key=full_angles.get):
+        a = full_angles[i]
+        if a >= cfg.tau:
+            plan[i] = f"angle {a:.3f} >= tau {cfg.tau} (full-step pass)"
+        elif len(chosen) >= cfg.max_skips:
+            plan[i] = f"angle {a:.3f} < tau, but max_skips={cfg.max_skips} went to smaller angles"
+        elif any(abs(i - j) < cfg.period for j in chosen):
+            plan[i] = f"angle {a:.3f} < tau, but within {cfg.period} steps of a skip with a smaller angle"
+        else:
+            chosen.append(i)
+            plan[i] = f"SKIP: angle {a:.3f} < tau {cfg.tau}, among the {cfg.max_skips} smallest (full-step pass)"
+    return plan
+
+
 def calibrate(
     denoiser: Denoiser,
     x_T: torch.Tensor,
@@ -315,6 +342,7 @@ def calibrate(
     x, x_prev = x_T, None
     last_skip, n_skips = -cfg.period, 0
     with torch.no_grad():
+        plan = _plan_capped_skips(denoiser, x_T, sig, cfg) if cfg.max_skips and cfg.interval is None else None
         for i in range(n):
             x_true = euler_step(x, denoiser(x, sig[i]), sig[i], sig[i + 1])
             if i >= 1:
@@ -322,7 +350,10 @@ def calibrate(
                 angles[i], w_g[i] = transition_stats(x_true - x, x - x_prev, gamma[i])
                 if not math.isfinite(w_g[i]):
                     raise NonFiniteError(f"LTC calibration produced a non-finite weight at step {i}")
-            skip[i], reasons[i] = _may_skip(i, cfg, angles[i], last_skip, n_skips)
+            if plan is not None and i >= 1:
+                skip[i], reasons[i] = plan[i].startswith("SKIP: "), plan[i].removeprefix("SKIP: ")
+            else:
+                skip[i], reasons[i] = _may_skip(i, cfg, angles[i], last_skip, n_skips)
             if skip[i]:
                 last_skip, n_skips = i, n_skips + 1
                 x_next = ltc_estimate(x, x_prev, w_g[i] * gamma[i])

@@ -52,3 +52,15 @@ def test_random_weight_models_refuse_to_run_without_the_flag():
     out = run_cli("bench", "--model", "wan-causal-1.3b", "--device", "cpu")
     assert out.returncode != 0
     assert "--random-weights" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--guidance", "0.5"), "--guidance must be between 1 and 20"),
+    (("--teacher-steps", "0"), "--teacher-steps must be at least 1"),
+    (("--size", "100"), "--size must be a multiple of 8"),
+])
+def test_train_default_refuses_bad_settings_in_one_line(tmp_path, args, message):
+    out = run_cli("train-default", "--quick", "--output", str(tmp_path / "m"), *args)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "m").exists()  # refused before any work

@@ -108,6 +108,28 @@ def test_never_step_zero_and_never_two_skips_in_a_row(oracle):
     assert "first step" in weights.reasons[0]
 
 
+def test_capped_skips_go_to_the_smallest_full_step_angles(oracle):
+    """With max_skips, the skipped steps are the smallest adjacent-transition angles of the
+    full-step trajectory (computed here independently, in float64), not the first allowed ones."""
+    sigmas = torch.linspace(1, 0, 9)
+    x = oracle.noise(4, 5)
+    traj = [x]
+    for i in range(8):  # plain Euler written out here, not the library's sampler
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        traj.append(traj[-1] + (s_next - s) * (traj[-1] - oracle(traj[-1], s)) / s)
+    d = [(b - a).double().flatten() for a, b in zip(traj, traj[1:])]
+    angle = {i: math.acos(max(-1.0, min(1.0, float(d[i] @ d[i - 1] / (d[i].norm() * d[i - 1].norm())))))
+             for i in range(1, 8)}
+    order = sorted(angle, key=angle.get)
+    one = calibrate(oracle, x, sigmas, LTCConfig(tau=3.0, max_skips=1))
+    assert one.skipped_steps == [order[0]]
+    assert order[0] != 1  # the first allowed step would have been 1: the choice is not the greedy one
+    two = calibrate(oracle, x, sigmas, LTCConfig(tau=3.0, max_skips=2))
+    expected = [order[0]] + [next(i for i in order[1:] if abs(i - order[0]) >= 2)]
+    assert two.skipped_steps == sorted(expected)
+    assert "max_skips" in " ".join(two.reasons)
+
+
 def test_skipping_outside_the_coherent_interval_is_worse(oracle):
     """Same number of skips: where the angles allow (measured) vs forced into the early,
     incoherent steps (fixed interval at the start)."""

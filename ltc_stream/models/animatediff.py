@@ -68,14 +68,9 @@ class AnimateDiffStreamModel(VideoModel):
         self.timesteps = [float(t) for t in scheduler.timesteps]
         self.sigmas = [s / (1 + s) for s in ve] + [0.0]  # flow-matching sigmas of the same sampler
         self._t_of = dict(zip(self.sigmas[:-1], self.timesteps))
-        self._embed_cache: dict[str, torch.Tensor] = {}
 
     def encode_prompt(self, text: str) -> torch.Tensor:
-        if text not in self._embed_cache:
-            if len(self._embed_cache) > 256:
-                self._embed_cache.clear()
-            self._embed_cache[text] = self.encode_text(text).to(self.device, self.dtype)
-        return self._embed_cache[text]
+        return self.cached_embedding(text, self.encode_text)
 
     def new_stream(self, seed: int = 0) -> WindowState:
         return WindowState(generator=torch.Generator(device=self.device).manual_seed(int(seed)))

@@ -58,6 +58,16 @@ class VideoModel(ABC):
     def generate_chunk(self, state: Any, embedding: torch.Tensor, *, ltc: bool = True) -> ChunkResult:
         """Generate the next chunk after the ones already in `state`, updating `state` in place."""
 
+    def cached_embedding(self, text: str, encode, limit: int = 256) -> torch.Tensor:
+        """`encode(text)` on this model's device and dtype, cached per prompt (booths repeat
+        prompts; a text encoder call costs more than a chunk on small models)."""
+        cache = self.__dict__.setdefault("_embed_cache", {})
+        if text not in cache:
+            if len(cache) >= limit:
+                cache.clear()
+            cache[text] = encode(text).to(self.device, getattr(self, "dtype", None))
+        return cache[text]
+
     def describe(self) -> dict[str, Any]:
         """What /health and the benchmarks print about the model."""
         return {

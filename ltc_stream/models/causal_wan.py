@@ -301,15 +301,10 @@ class CausalWanModel(VideoModel):
         self.sigmas = shifted_sigmas(steps, shift)
         self.ltc_weights = ltc_weights
         self._decoders: dict[int, StreamingWanDecoder] = {}
-        self._embed_cache: dict[str, torch.Tensor] = {}
 
     # --- VideoModel -------------------------------------------------------------------------
     def encode_prompt(self, text: str) -> torch.Tensor:
-        if text not in self._embed_cache:
-            if len(self._embed_cache) > 256:
-                self._embed_cache.clear()
-            self._embed_cache[text] = self.encode_text(text).to(self.device, self.dtype)
-        return self._embed_cache[text]
+        return self.cached_embedding(text, self.encode_text)
 
     def latent_shape(self, batch: int = 1) -> tuple[int, ...]:
         c = self.transformer.config.in_channels

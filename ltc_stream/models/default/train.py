@@ -45,7 +45,7 @@ class TrainConfig:
     distil_batch: int = 16
     student_steps: int = 4
     text_dropout: float = 0.1  # teacher: share of prompts replaced by the empty prompt (for guidance)
-    guidance: float = 3.0  # distillation targets follow the teacher's classifier-free-guided ODE
+    guidance: float = 5.0  # distillation targets follow the teacher's classifier-free-guided ODE
     lr: float = 2e-3
     threads: int = 2
 
@@ -419,6 +419,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a teacher trained for fewer --teacher-steps is trained on from where it stopped")
     for name in ("clips", "ae_steps", "teacher_steps", "distil_steps", "student_steps"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale distilled into the student (default 5.0)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -430,6 +432,10 @@ def main(args: argparse.Namespace) -> int:
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
             setattr(cfg, name, value)
+    if args.guidance is not None:
+        if not 1.0 <= args.guidance <= 20.0:
+            raise ConfigError(f"--guidance must be between 1 and 20, got {args.guidance}")
+        cfg.guidance = args.guidance
     if args.size % 8 or not 32 <= args.size <= 512:
         raise ConfigError(f"--size must be a multiple of 8 between 32 and 512, got {args.size}")
     net = NetConfig(height=args.size, width=args.size, cross_attn=True)
