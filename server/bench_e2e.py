@@ -9,6 +9,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
@@ -112,6 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-ltc", action="store_true")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser.add_argument("--output", help="also write the JSON (with the command that made it) to this file")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -126,6 +128,9 @@ def main(args: argparse.Namespace) -> int:
               file=sys.stderr)
     result = asyncio.run(run_bench(model, cfg, args.seconds, args.prompt_every))
     result = {"model": model.name, "resolution": [model.width, model.height], "content_fps": model.fps,
-              "ltc": not args.no_ltc, "seconds": args.seconds, **result}
+              "ltc": not args.no_ltc, "seconds": args.seconds, **result,
+              "command": "ltc-stream bench-e2e " + " ".join(sys.argv[2:])}
     print(json.dumps(result))
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
     return 0
