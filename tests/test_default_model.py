@@ -1,17 +1,19 @@
 """The default model: its world, training, loading, causal generation with LTC, rendering."""
+import dataclasses
 import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from ltc_stream.errors import ConfigError, ModelNotFoundError
 from ltc_stream.models import load_model
 from ltc_stream.models.default import PACKAGED
 from ltc_stream.models.default.evaluate import calibrate_model, check_fidelity, held_out_scenes, read_video
-from ltc_stream.models.default.networks import NetConfig
-from ltc_stream.models.default.train import TrainConfig, train
+from ltc_stream.models.default.networks import Denoiser, NetConfig
+from ltc_stream.models.default.train import TrainConfig, _init_teacher_from, train
 from ltc_stream.models.default.world import LINEAR_MOTIONS, parse_caption, render, sample_scene
 
 
@@ -169,6 +171,34 @@ def test_resume_trains_a_shorter_teacher_on(quick_folder, tmp_path):
     teacher_steps = log[log[:, 0] == 1][:, 1].astype(int).tolist()
     assert teacher_steps == list(range(cfg.teacher_steps))  # the old steps' losses, then the new ones, once each
     assert json.loads((folder / "ltc_model.json").read_text())["train"]["teacher_steps"] == cfg.teacher_steps
+
+
+def test_growing_the_teacher_with_self_attention_starts_as_the_same_function(quick_folder, tmp_path):
+    folder = quick_folder[0]
+    meta = json.loads((folder / "ltc_model.json").read_text())
+    net = NetConfig.from_dict(meta["net"])
+    original = Denoiser(net)
+    original.load_state_dict(load_file(str(folder / "teacher.safetensors")))
+    grown = Denoiser(dataclasses.replace(net, self_attn=True))
+    copied, new = _init_teacher_from(grown, folder)
+    assert copied == len(original.state_dict()) and new > 0
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, net.latent_channels, net.frames_per_chunk, net.height // 8, net.width // 8, generator=gen)
+    tokens = torch.randn(2, net.max_tokens, net.text_dim, generator=gen)
+    sigma = torch.tensor([0.9, 0.3])
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, sigma, tokens, None), original(x, sigma, tokens, None))
+        # and the new attention is live: once its output layer is non-zero, the function changes
+        torch.nn.init.normal_(grown.attn[0].o.weight, std=0.5)
+        assert not torch.allclose(grown(x, sigma, tokens, None), original(x, sigma, tokens, None))
+
+    out = tmp_path / "grown"
+    cfg = TrainConfig.quick()
+    summary = train(cfg, dataclasses.replace(net, self_attn=True), out, init_from=folder)
+    assert summary["initialised_from"] == str(folder)
+    assert (out / "autoencoder.safetensors").read_bytes() == (folder / "autoencoder.safetensors").read_bytes()
+    assert json.loads((out / "ltc_model.json").read_text())["net"]["self_attn"] is True
+    assert load_model(str(out), device="cpu").denoiser.attn is not None
 
 
 def test_evaluate_reports_ltc_against_fewer_steps_and_sampler_angles(quick_folder):

@@ -32,6 +32,7 @@ class NetConfig:
     max_tokens: int = 16
     text_dim: int = EMBED_DIM
     cross_attn: bool = False  # token cross-attention in the half-resolution blocks (new models: True)
+    self_attn: bool = False  # self-attention over the chunk's half-resolution positions (global context)
     heads: int = 4
 
     def to_dict(self) -> dict:
@@ -176,6 +177,31 @@ class TokenCrossAttention(nn.Module):
         return h + out.view(b, t, hh, ww, c).permute(0, 4, 1, 2, 3)
 
 
+class ChunkSelfAttention(nn.Module):
+    """Every half-resolution position of the chunk (all frames) attends to every other: the
+    convolutions see a few latent pixels, this sees the whole chunk, so one colour holds for the
+    whole background and one object stays one object. Zero-initialised output: adding it to a
+    trained network starts as the identity."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(8, width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.o = nn.Linear(width, width)
+        nn.init.zeros_(self.o.weight)
+        nn.init.zeros_(self.o.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, c, t, hh, ww = h.shape
+        n, nh = t * hh * ww, self.heads
+        x = self.norm(h).permute(0, 2, 3, 4, 1).reshape(b, n, c)
+        q, k, v = self.qkv(x).view(b, n, 3, nh, c // nh).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = self.o(out.transpose(1, 2).reshape(b, n, c))
+        return h + out.view(b, t, hh, ww, c).permute(0, 4, 1, 2, 3)
+
+
 class Denoiser(nn.Module):
     """Predicts the flow-matching velocity v = noise - x0 of a latent chunk [B, C, T, h, w],
     given sigma, the prompt's token states and the previous chunk's last latent frames."""
@@ -195,6 +221,8 @@ class Denoiser(nn.Module):
         self.mid_blocks = nn.ModuleList(FiLMBlock(w1, cfg.cond_dim) for _ in range(cfg.blocks1))
         self.cross = nn.ModuleList(TokenCrossAttention(w1, cfg.text_dim, cfg.heads) for _ in range(cfg.blocks1)) \
             if cfg.cross_attn else None
+        self.attn = nn.ModuleList(ChunkSelfAttention(w1, cfg.heads) for _ in range(cfg.blocks1)) \
+            if cfg.self_attn else None
         self.up = nn.ConvTranspose3d(w1, w0, (1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
         self.up_blocks = nn.ModuleList(FiLMBlock(w0, cfg.cond_dim) for _ in range(cfg.blocks0))
         self.out_norm = nn.GroupNorm(8, w0)
@@ -224,6 +252,8 @@ class Denoiser(nn.Module):
         mask = tokens.abs().sum(-1) > 0
         for i, block in enumerate(self.mid_blocks):
             h = block(h, cond)
+            if self.attn is not None:
+                h = self.attn[i](h)
             if self.cross is not None:
                 h = self.cross[i](h, tokens, mask)
         h = self.up(h) + skip

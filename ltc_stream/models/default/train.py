@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -154,7 +155,7 @@ def denoiser_velocity(model: Denoiser, x, sigma, tokens, context, keep) -> torch
 
 
 def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainConfig, log: list,
-                  start: int = 0) -> Denoiser:
+                  start: int = 0, warm: bool = False) -> Denoiser:
     """Rectified-flow matching: x_s = (1-s) x0 + s n, target velocity n - x0, s half logit-normal,
     half uniform. With `start` > 0 the model is a teacher already trained for `start` steps: it
     trains on for the remaining `cfg.teacher_steps - start` steps with a fresh warm-up and cosine at
@@ -163,7 +164,7 @@ def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainCo
     gen = torch.Generator().manual_seed(cfg.seed + 2 + start)
     ema = copy.deepcopy(model).requires_grad_(False)
     total = cfg.teacher_steps - start
-    base_lr = cfg.lr if start == 0 else cfg.lr * 0.5
+    base_lr = cfg.lr * 0.5 if (warm or start) else cfg.lr
     opt = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=0.01)
     desc = "teacher (flow matching)" if start == 0 else f"teacher (flow matching, steps {start}..{cfg.teacher_steps})"
     for local in _progress(range(total), total, desc):
@@ -339,6 +340,13 @@ def _resumable_stage(out: Path, cfg: TrainConfig, net: NetConfig) -> str | None:
     return meta["stage"] if same_teacher else "ae"
 
 
+def _denoiser_fields(folder: Path) -> dict:
+    """The network fields of `folder`'s model that only the denoiser uses (so an autoencoder can be
+    checked for reuse against a grown denoiser)."""
+    saved = json.loads((folder / "ltc_model.json").read_text()).get("net", {})
+    return {k: v for k, v in NetConfig.from_dict(saved).to_dict().items() if k not in _AE_NET_KEYS}
+
+
 def _saved_teacher_steps(out: Path) -> int:
     return int(json.loads((out / "ltc_model.json").read_text())["train"]["teacher_steps"])
 
@@ -349,21 +357,42 @@ def _load_into(module: torch.nn.Module, path: Path) -> None:
     module.load_state_dict(load_file(str(path)))
 
 
-def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False) -> dict:
+def _init_teacher_from(teacher: Denoiser, folder: Path) -> tuple[int, int]:
+    """Copy every tensor of `folder`'s teacher whose name and shape match (growing a network:
+    new modules keep their initialisation, zero-initialised outputs make them start as the
+    identity). Returns (tensors copied, tensors left new)."""
+    from safetensors.torch import load_file
+
+    source = load_file(str(folder / "teacher.safetensors"))
+    own = teacher.state_dict()
+    copied = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    teacher.load_state_dict(copied, strict=False)
+    return len(copied), len(own) - len(copied)
+
+
+def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, init_from: Path | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     log: list = []
     done = _resumable_stage(out, cfg, net) if resume else None
+    ae_folder = out
+    if init_from is not None and done is None:
+        if not (init_from / "teacher.safetensors").is_file():
+            raise ConfigError(f"--init-from {init_from}: no teacher.safetensors there")
+        if _resumable_stage(init_from, cfg, dataclasses.replace(net, **_denoiser_fields(init_from))) is None:
+            raise ConfigError(f"--init-from {init_from}: its autoencoder was trained with other data or settings")
+        done, ae_folder = "ae", init_from
     print(f"[train-default] output {out}; seed {cfg.seed}; {cfg.clips} clips of {net.height}x{net.width}"
-          + (f"; resuming after stage '{done}'" if done else ""))
+          + (f"; reusing the autoencoder of {init_from}" if ae_folder != out
+             else f"; resuming after stage '{done}'" if done else ""))
     if resume and done is None:
         print("[train-default] nothing to resume (no folder, or it was trained with other settings): training from scratch")
     start = _saved_teacher_steps(out) if done == "teacher-partial" else 0
     if start:
         print(f"[train-default] the teacher in {out} has {start} steps: training it on to {cfg.teacher_steps}")
     if done is not None:
-        log.extend(load_loss_log(out, ("ae", "teacher") if done != "ae" else ("ae",)))
+        log.extend(load_loss_log(ae_folder, ("ae", "teacher") if done != "ae" else ("ae",)))
         if not log and (out / "loss_curves.png").is_file():  # folder from before the log was saved
             (out / "loss_curves.png").replace(out / "loss_curves_ae_teacher.png")
     data = make_dataset(cfg, net)
@@ -373,7 +402,7 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False) -> 
         latents = encode_clips(ae.eval(), data)
         save_folder(out, net, ae, None, None, cfg, "ae")
     else:
-        _load_into(ae, out / "autoencoder.safetensors")
+        _load_into(ae, ae_folder / "autoencoder.safetensors")
         scale = float(ae.latent_scale)
         latents = encode_clips(ae.eval(), data)  # deterministic: same data, same weights
         ae.latent_scale.fill_(scale)
@@ -387,7 +416,11 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False) -> 
         if start:
             _load_into(teacher, out / "teacher.safetensors")
             log[:] = [r for r in log if r[0] != "teacher" or r[1] < start]
-        teacher = train_teacher(teacher, latents, data["tokens"], net, cfg, log, start=start)
+        elif init_from is not None:
+            copied, new = _init_teacher_from(teacher, init_from)
+            print(f"[train-default] teacher initialised from {init_from}: {copied} tensors copied, {new} new")
+            start = -1  # warm start: half the learning rate, fresh steps
+        teacher = train_teacher(teacher, latents, data["tokens"], net, cfg, log, start=max(start, 0), warm=start != 0)
         save_folder(out, net, ae, teacher, None, cfg, "teacher")
         save_loss_curves(log, out / "loss_curves.png")
     print(f"[train-default] teacher done at {time.time() - t0:.0f} s")
@@ -397,8 +430,9 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False) -> 
     elapsed = time.time() - t0
     summary = {
         "seconds": round(elapsed, 1),
-        "resumed_after": done,
-        "teacher_trained_on_from_step": start or None,
+        "resumed_after": None if init_from is not None else done,
+        "initialised_from": str(init_from) if init_from is not None else None,
+        "teacher_trained_on_from_step": max(start, 0) or None,
         "final_loss": {s: float(np.mean([r[2] for r in log if r[0] == s][-50:])) for s in ("ae", "teacher", "distil")
                        if any(r[0] == s for r in log)},
     }
@@ -419,6 +453,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a teacher trained for fewer --teacher-steps is trained on from where it stopped")
     for name in ("clips", "ae_steps", "teacher_steps", "distil_steps", "student_steps"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="reuse this folder's autoencoder and start the teacher from its weights where names and shapes "
+                             "match (to grow the network, e.g. with --self-attn)")
+    parser.add_argument("--self-attn", action="store_true",
+                        help="add self-attention over the chunk's half-resolution positions to the denoiser")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale distilled into the student (default 5.0)")
 
@@ -438,9 +477,11 @@ def main(args: argparse.Namespace) -> int:
         cfg.guidance = args.guidance
     if args.size % 8 or not 32 <= args.size <= 512:
         raise ConfigError(f"--size must be a multiple of 8 between 32 and 512, got {args.size}")
-    net = NetConfig(height=args.size, width=args.size, cross_attn=True)
+    net = NetConfig(height=args.size, width=args.size, cross_attn=True, self_attn=args.self_attn)
     if args.quick:
         net = NetConfig(height=args.size, width=args.size, ae_widths=(8, 8, 16), width0=16, width1=16,
-                        blocks0=1, blocks1=1, cond_dim=32, text_queries=2, cross_attn=True)
-    train(cfg, net, args.output, resume=args.resume)
+                        blocks0=1, blocks1=1, cond_dim=32, text_queries=2, cross_attn=True, self_attn=args.self_attn)
+    if args.init_from is not None and not (args.init_from / "ltc_model.json").is_file():
+        raise ConfigError(f"--init-from {args.init_from}: not a default-model folder (no ltc_model.json)")
+    train(cfg, net, args.output, resume=args.resume, init_from=args.init_from)
     return 0
