@@ -456,8 +456,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", type=Path, default=None,
                         help="reuse this folder's autoencoder and start the teacher from its weights where names and shapes "
                              "match (to grow the network, e.g. with --self-attn)")
-    parser.add_argument("--self-attn", action="store_true",
-                        help="add self-attention over the chunk's half-resolution positions to the denoiser")
+    parser.add_argument("--self-attn", action=argparse.BooleanOptionalAction, default=True,
+                        help="self-attention over the chunk's half-resolution positions in the denoiser (default: on)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale distilled into the student (default 5.0)")
 
