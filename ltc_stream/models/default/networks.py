@@ -149,57 +149,71 @@ class FiLMBlock(nn.Module):
         return h + self.temporal(y)
 
 
-class TokenCrossAttention(nn.Module):
-    """Every latent position attends over the prompt's token states (padding masked), so words
-    can land on the part of the picture they describe ("red" on the ball, "blue" on the sky)."""
-
-    def __init__(self, width: int, text_dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.norm = nn.GroupNorm(8, width)
-        self.q = nn.Linear(width, width)
-        self.kv = nn.Linear(text_dim, 2 * width)
-        self.null_kv = nn.Parameter(torch.zeros(2, width))  # always attendable: the empty prompt is defined
-        self.o = nn.Linear(width, width)
-        nn.init.zeros_(self.o.weight)
-        nn.init.zeros_(self.o.bias)
-
-    def forward(self, h: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, c, t, hh, ww = h.shape
-        n, nh = t * hh * ww, self.heads
-        x = self.norm(h).permute(0, 2, 3, 4, 1).reshape(b, n, c)
-        q = self.q(x).view(b, n, nh, c // nh).transpose(1, 2)
-        kv = torch.cat([self.null_kv.expand(b, 1, 2, c), self.kv(tokens).view(b, tokens.shape[1], 2, c)], 1)
-        k, v = kv.view(b, -1, 2, nh, c // nh).permute(2, 0, 3, 1, 4)
-        mask = torch.cat([mask.new_ones(b, 1), mask], 1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
-        out = self.o(out.transpose(1, 2).reshape(b, n, c))
-        return h + out.view(b, t, hh, ww, c).permute(0, 4, 1, 2, 3)
-
-
-class ChunkSelfAttention(nn.Module):
-    """Every half-resolution position of the chunk (all frames) attends to every other: the
-    convolutions see a few latent pixels, this sees the whole chunk, so one colour holds for the
-    whole background and one object stays one object. Zero-initialised output: adding it to a
-    trained network starts as the identity."""
+class _ChunkAttention(nn.Module):
+    """Shared frame of the denoiser's attention layers: normalise, flatten the chunk's positions
+    [B, C, T, h, w] -> [B, N, C], attend (`attend`, per subclass), project with a zero-initialised
+    output (so adding the layer to a trained network starts as the identity), add back."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.heads = heads
         self.norm = nn.GroupNorm(8, width)
-        self.qkv = nn.Linear(width, 3 * width)
+
+    def _make_output(self, width: int) -> None:
+        """Called last by subclasses, so parameters are created (and draw from the RNG) in the
+        order the saved models were trained with."""
         self.o = nn.Linear(width, width)
         nn.init.zeros_(self.o.weight)
         nn.init.zeros_(self.o.bias)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, C] -> [B, heads, N, C / heads]."""
+        b, n, c = x.shape
+        return x.view(b, n, self.heads, c // self.heads).transpose(1, 2)
+
+    def attend(self, x: torch.Tensor, *args) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, h: torch.Tensor, *args) -> torch.Tensor:
         b, c, t, hh, ww = h.shape
-        n, nh = t * hh * ww, self.heads
-        x = self.norm(h).permute(0, 2, 3, 4, 1).reshape(b, n, c)
-        q, k, v = self.qkv(x).view(b, n, 3, nh, c // nh).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = self.o(out.transpose(1, 2).reshape(b, n, c))
+        x = self.norm(h).permute(0, 2, 3, 4, 1).reshape(b, t * hh * ww, c)
+        out = self.attend(x, *args)  # [B, heads, N, C / heads]
+        out = self.o(out.transpose(1, 2).reshape(b, t * hh * ww, c))
         return h + out.view(b, t, hh, ww, c).permute(0, 4, 1, 2, 3)
+
+
+class TokenCrossAttention(_ChunkAttention):
+    """Every latent position attends over the prompt's token states (padding masked), so words
+    can land on the part of the picture they describe ("red" on the ball, "blue" on the sky)."""
+
+    def __init__(self, width: int, text_dim: int, heads: int):
+        super().__init__(width, heads)
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(text_dim, 2 * width)
+        self.null_kv = nn.Parameter(torch.zeros(2, width))  # always attendable: the empty prompt is defined
+        self._make_output(width)
+
+    def attend(self, x: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[0], x.shape[2]
+        kv = torch.cat([self.null_kv.expand(b, 1, 2, c), self.kv(tokens).view(b, tokens.shape[1], 2, c)], 1)
+        k, v = self._heads(kv[:, :, 0]), self._heads(kv[:, :, 1])
+        mask = torch.cat([mask.new_ones(b, 1), mask], 1)
+        return F.scaled_dot_product_attention(self._heads(self.q(x)), k, v, attn_mask=mask[:, None, None, :])
+
+
+class ChunkSelfAttention(_ChunkAttention):
+    """Every half-resolution position of the chunk (all frames) attends to every other: the
+    convolutions see a few latent pixels, this sees the whole chunk, so one colour holds for the
+    whole background and one object stays one object."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__(width, heads)
+        self.qkv = nn.Linear(width, 3 * width)
+        self._make_output(width)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
 
 
 class Denoiser(nn.Module):

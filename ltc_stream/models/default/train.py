@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import math
 import time
@@ -160,7 +159,8 @@ def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainCo
     half uniform. With `start` > 0 the model is a teacher already trained for `start` steps: it
     trains on for the remaining `cfg.teacher_steps - start` steps with a fresh warm-up and cosine at
     half the learning rate, its EMA starting from the loaded weights, new batches (the generator is
-    seeded by `start`)."""
+    seeded by `start`). `warm`: the model starts from trained weights (a grown network), so it also
+    trains at half the learning rate."""
     gen = torch.Generator().manual_seed(cfg.seed + 2 + start)
     ema = copy.deepcopy(model).requires_grad_(False)
     total = cfg.teacher_steps - start
@@ -318,6 +318,15 @@ _STAGES = ("ae", "teacher", "distilled")
 _AE_NET_KEYS = ("height", "width", "latent_channels", "ae_widths")
 
 
+def _same_autoencoder(meta: dict, cfg: TrainConfig, net: NetConfig) -> bool:
+    """Whether the autoencoder described by `meta` (a folder's ltc_model.json) was trained on the
+    same data with the same settings as `cfg` and `net` would train it."""
+    saved_net, saved_cfg = meta.get("net", {}), meta.get("train", {})
+    current = json.loads(json.dumps(net.to_dict()))
+    return (all(saved_net.get(k) == current[k] for k in _AE_NET_KEYS)
+            and all(saved_cfg.get(k) == getattr(cfg, k) for k in ("seed", "clips", "ae_steps", "ae_batch", "lr")))
+
+
 def _resumable_stage(out: Path, cfg: TrainConfig, net: NetConfig) -> str | None:
     """The last finished stage in `out` that can be reused: the teacher (and, before it, the
     autoencoder) when everything up to it was trained with the same network and settings; the
@@ -327,10 +336,7 @@ def _resumable_stage(out: Path, cfg: TrainConfig, net: NetConfig) -> str | None:
         return None
     meta = json.loads(meta_path.read_text())
     saved_net, saved_cfg = meta.get("net", {}), meta.get("train", {})
-    current = json.loads(json.dumps(net.to_dict()))
-    same_ae = (all(saved_net.get(k) == current[k] for k in _AE_NET_KEYS)
-               and all(saved_cfg.get(k) == getattr(cfg, k) for k in ("seed", "clips", "ae_steps", "ae_batch", "lr")))
-    if not same_ae or meta.get("stage") not in _STAGES:
+    if not _same_autoencoder(meta, cfg, net) or meta.get("stage") not in _STAGES:
         return None
     same_net = NetConfig.from_dict(saved_net) == net and saved_cfg.get("teacher_batch") == cfg.teacher_batch
     saved_steps = saved_cfg.get("teacher_steps")
@@ -338,13 +344,6 @@ def _resumable_stage(out: Path, cfg: TrainConfig, net: NetConfig) -> str | None:
         return "teacher-partial"  # a teacher trained for fewer steps: train it on
     same_teacher = same_net and saved_steps == cfg.teacher_steps
     return meta["stage"] if same_teacher else "ae"
-
-
-def _denoiser_fields(folder: Path) -> dict:
-    """The network fields of `folder`'s model that only the denoiser uses (so an autoencoder can be
-    checked for reuse against a grown denoiser)."""
-    saved = json.loads((folder / "ltc_model.json").read_text()).get("net", {})
-    return {k: v for k, v in NetConfig.from_dict(saved).to_dict().items() if k not in _AE_NET_KEYS}
 
 
 def _saved_teacher_steps(out: Path) -> int:
@@ -380,7 +379,8 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
     if init_from is not None and done is None:
         if not (init_from / "teacher.safetensors").is_file():
             raise ConfigError(f"--init-from {init_from}: no teacher.safetensors there")
-        if _resumable_stage(init_from, cfg, dataclasses.replace(net, **_denoiser_fields(init_from))) is None:
+        meta = json.loads((init_from / "ltc_model.json").read_text())
+        if not _same_autoencoder(meta, cfg, net) or meta.get("stage") not in _STAGES:
             raise ConfigError(f"--init-from {init_from}: its autoencoder was trained with other data or settings")
         done, ae_folder = "ae", init_from
     print(f"[train-default] output {out}; seed {cfg.seed}; {cfg.clips} clips of {net.height}x{net.width}"
@@ -419,8 +419,8 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
         elif init_from is not None:
             copied, new = _init_teacher_from(teacher, init_from)
             print(f"[train-default] teacher initialised from {init_from}: {copied} tensors copied, {new} new")
-            start = -1  # warm start: half the learning rate, fresh steps
-        teacher = train_teacher(teacher, latents, data["tokens"], net, cfg, log, start=max(start, 0), warm=start != 0)
+        teacher = train_teacher(teacher, latents, data["tokens"], net, cfg, log, start=start,
+                                warm=init_from is not None)
         save_folder(out, net, ae, teacher, None, cfg, "teacher")
         save_loss_curves(log, out / "loss_curves.png")
     print(f"[train-default] teacher done at {time.time() - t0:.0f} s")
@@ -432,7 +432,7 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
         "seconds": round(elapsed, 1),
         "resumed_after": None if init_from is not None else done,
         "initialised_from": str(init_from) if init_from is not None else None,
-        "teacher_trained_on_from_step": max(start, 0) or None,
+        "teacher_trained_on_from_step": start or None,
         "final_loss": {s: float(np.mean([r[2] for r in log if r[0] == s][-50:])) for s in ("ae", "teacher", "distil")
                        if any(r[0] == s for r in log)},
     }
