@@ -13,7 +13,7 @@ from ltc_stream.models import load_model
 from ltc_stream.models.default import PACKAGED
 from ltc_stream.models.default.evaluate import calibrate_model, check_fidelity, held_out_scenes, read_video
 from ltc_stream.models.default.networks import Denoiser, NetConfig
-from ltc_stream.models.default.train import TrainConfig, _init_teacher_from, train
+from ltc_stream.models.default.train import TrainConfig, _init_teacher_from, denoiser_velocity, train
 from ltc_stream.models.default.world import LINEAR_MOTIONS, parse_caption, render, sample_scene
 
 
@@ -199,6 +199,32 @@ def test_growing_the_teacher_with_self_attention_starts_as_the_same_function(qui
     assert (out / "autoencoder.safetensors").read_bytes() == (folder / "autoencoder.safetensors").read_bytes()
     assert json.loads((out / "ltc_model.json").read_text())["net"]["self_attn"] is True
     assert load_model(str(out), device="cpu").denoiser.attn is not None
+
+
+def test_context_dropping_in_two_batches_equals_selecting_per_sample(quick_folder):
+    """Training runs the samples with and without context as two smaller batches; the result and
+    its gradients must be what running the whole batch both ways and selecting per sample gives."""
+    net = NetConfig.from_dict(json.loads((quick_folder[0] / "ltc_model.json").read_text())["net"])
+    model = Denoiser(net)
+    gen = torch.Generator().manual_seed(3)
+    for p in model.parameters():  # zero-initialised outputs would make every comparison trivial
+        p.data.normal_(0.0, 0.1, generator=gen)
+    shape = (5, net.latent_channels, net.frames_per_chunk, net.height // 8, net.width // 8)
+    x = torch.randn(shape, generator=gen)
+    context = torch.randn(5, net.latent_channels, net.context_frames, *shape[-2:], generator=gen)
+    tokens = torch.randn(5, net.max_tokens, net.text_dim, generator=gen)
+    sigma = torch.rand(5, generator=gen)
+    keep = torch.tensor([True, False, True, True, False])
+    split = denoiser_velocity(model, x, sigma, tokens, context, keep)
+    split.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    selected = torch.where(keep.view(-1, 1, 1, 1, 1), model(x, sigma, tokens, context), model(x, sigma, tokens, None))
+    selected.square().sum().backward()
+    torch.testing.assert_close(split, selected, rtol=1e-5, atol=1e-5)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(model(x, sigma, tokens, context), model(x, sigma, tokens, None))
 
 
 def test_evaluate_reports_ltc_against_fewer_steps_and_sampler_angles(quick_folder):

@@ -45,6 +45,10 @@ class TrainConfig:
     distil_batch: int = 16
     student_steps: int = 4
     text_dropout: float = 0.1  # teacher: share of prompts replaced by the empty prompt (for guidance)
+    # share of samples trained without the previous chunk's latents: a stream's first chunk has
+    # none, and only these samples make the model draw the scene from the text alone (with
+    # context it can copy the colours); 0.15 until the 2026-11-25 retrain, 0.5 since
+    context_drop: float = 0.5
     guidance: float = 5.0  # distillation targets follow the teacher's classifier-free-guided ODE
     lr: float = 2e-3
     threads: int = 2
@@ -143,14 +147,18 @@ def augment_context(context: torch.Tensor, gen: torch.Generator, drop_rate: floa
 
 
 def denoiser_velocity(model: Denoiser, x, sigma, tokens, context, keep) -> torch.Tensor:
-    """Velocity with per-sample context dropping (a zero context plus a zero flag)."""
+    """Velocity with per-sample context dropping (a zero context plus a zero flag). The two groups
+    run as two smaller batches (every layer is per-sample, so this equals running the whole batch
+    both ways and selecting, at half the cost)."""
     if keep.all():
         return model(x, sigma, tokens, context)
     if not keep.any():
         return model(x, sigma, tokens, None)
-    v_ctx = model(x, sigma, tokens, context)
-    v_none = model(x, sigma, tokens, None)
-    return torch.where(keep.view(-1, 1, 1, 1, 1), v_ctx, v_none)
+    sigma = sigma.expand(len(x)) if sigma.ndim == 0 else sigma
+    out = torch.empty_like(x)
+    out[keep] = model(x[keep], sigma[keep], tokens[keep], context[keep]).to(out.dtype)
+    out[~keep] = model(x[~keep], sigma[~keep], tokens[~keep], None).to(out.dtype)
+    return out
 
 
 def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainConfig, log: list,
@@ -172,7 +180,7 @@ def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainCo
         _cosine_lr(opt, local, total, base_lr)
         idx = torch.randint(len(latents), (cfg.teacher_batch,), generator=gen)
         context, x0 = split_clip(latents[idx], net)
-        context, keep = augment_context(context, gen)
+        context, keep = augment_context(context, gen, cfg.context_drop)
         # half logit-normal (detail), half uniform: the high-noise end, where the prompt decides the
         # layout and colours, gets its share of training
         logit_normal = torch.sigmoid(torch.randn(cfg.teacher_batch, generator=gen))
@@ -211,7 +219,7 @@ def teacher_trajectories(teacher: Denoiser, latents, tokens, net: NetConfig, cfg
     for _ in _progress(range(n_batches), n_batches, "teacher trajectories"):
         idx = torch.randint(len(latents), (cfg.distil_batch,), generator=gen)
         context, x0 = split_clip(latents[idx], net)
-        context, keep = augment_context(context, gen)
+        context, keep = augment_context(context, gen, cfg.context_drop)
         x = torch.randn(x0.shape, generator=gen)
         states = [x]
         for i in range(cfg.student_steps):
@@ -458,6 +466,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "match (to grow the network, e.g. with --self-attn)")
     parser.add_argument("--self-attn", action=argparse.BooleanOptionalAction, default=True,
                         help="self-attention over the chunk's half-resolution positions in the denoiser (default: on)")
+    parser.add_argument("--context-drop", type=float, default=None,
+                        help="share of training samples without the previous chunk's latents (default 0.5)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale distilled into the student (default 5.0)")
 
@@ -475,6 +485,10 @@ def main(args: argparse.Namespace) -> int:
         if not 1.0 <= args.guidance <= 20.0:
             raise ConfigError(f"--guidance must be between 1 and 20, got {args.guidance}")
         cfg.guidance = args.guidance
+    if args.context_drop is not None:
+        if not 0.0 <= args.context_drop <= 1.0:
+            raise ConfigError(f"--context-drop must be between 0 and 1, got {args.context_drop}")
+        cfg.context_drop = args.context_drop
     if args.size % 8 or not 32 <= args.size <= 512:
         raise ConfigError(f"--size must be a multiple of 8 between 32 and 512, got {args.size}")
     net = NetConfig(height=args.size, width=args.size, cross_attn=True, self_attn=args.self_attn)
