@@ -13,8 +13,9 @@ from ltc_stream.models import load_model
 from ltc_stream.models.default import PACKAGED
 from ltc_stream.models.default.evaluate import calibrate_model, check_fidelity, held_out_scenes, read_video
 from ltc_stream.models.default.networks import Denoiser, NetConfig
-from ltc_stream.models.default.train import TrainConfig, _init_teacher_from, denoiser_velocity, train
-from ltc_stream.models.default.world import LINEAR_MOTIONS, parse_caption, render, sample_scene
+from ltc_stream.models.default.train import (TrainConfig, _init_teacher_from, denoiser_velocity, latent_mask, train,
+                                              weighted_mse)
+from ltc_stream.models.default.world import LINEAR_MOTIONS, Scene, object_coverage, parse_caption, render, sample_scene
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,38 @@ def test_pixel_checker_reads_ground_truth_videos_correctly():
     # and it is not fooled: a static frame repeated has no direction
     frozen = np.repeat(render(held_out_scenes(1)[0], 0, 1), 8, axis=0)
     assert read_video(frozen)["direction"] is None
+
+
+def test_object_mask_marks_exactly_where_objects_are_drawn():
+    """The loss weighting's mask against the renderer itself: pixels differ from the object-free
+    render where (and only where) the coverage says an object is."""
+    for seed in range(8):
+        scene = sample_scene(seed)
+        empty = Scene(objects=[], background=scene.background, bg_colours=scene.bg_colours)
+        drawn = np.abs(render(scene, 7, 3).astype(int) - render(empty, 7, 3).astype(int)).max(-1)
+        coverage = object_coverage(scene, 7, 3)
+        assert coverage.shape == drawn.shape
+        assert np.all(drawn[coverage < 0.01] <= 1)  # no object: the background, up to rounding
+        assert np.all(drawn[coverage > 0.5] > 0)  # object colours always differ from the background's
+        mask = latent_mask(coverage)
+        assert mask.shape == (3, 16, 16)
+        cells = coverage.reshape(3, 16, 8, 16, 8).mean((2, 4))
+        assert np.all(mask >= cells - 1e-6) and np.all(mask[cells > 0] > 0)  # covers every touched cell, grown
+        assert (mask == 0).mean() > 0.4  # and leaves most of the background at weight 1
+
+
+def test_weighted_loss_weighs_object_errors_more():
+    v, target = torch.zeros(1, 2, 1, 4, 4), torch.zeros(1, 2, 1, 4, 4)
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[0, 0, 0, 0] = 1.0
+    plain = weighted_mse(v, target + 1.0, mask, 4.0)
+    assert torch.isclose(plain, torch.tensor(1.0))  # normalised: a uniform error keeps its value
+    on_object, on_background = target.clone(), target.clone()
+    on_object[0, :, 0, 0, 0] = 1.0
+    on_background[0, :, 0, 3, 3] = 1.0
+    a, b = weighted_mse(v, on_object, mask, 4.0), weighted_mse(v, on_background, mask, 4.0)
+    assert torch.isclose(a / b, torch.tensor(5.0))
+    assert torch.isclose(weighted_mse(v, on_object, mask, 0.0), torch.nn.functional.mse_loss(v, on_object))
 
 
 def test_quick_training_writes_a_loadable_folder_and_reduces_loss(quick_folder):

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from ...errors import ConfigError
 from .networks import Autoencoder, Denoiser, NetConfig
 from .text import shared_text_encoder
-from .world import render, sample_scene
+from .world import object_coverage, render, sample_scene
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "weights" / "default"
 
@@ -49,6 +49,9 @@ class TrainConfig:
     # none, and only these samples make the model draw the scene from the text alone (with
     # context it can copy the colours); 0.15 until the 2026-11-25 retrain, 0.5 since
     context_drop: float = 0.5
+    # flow-matching loss weight on latent pixels the objects cover, over the background's 1 (objects
+    # are ~8% of the picture: unweighted, the loss barely sees them); 0 until the 2026-11-25 retrain
+    object_weight: float = 4.0
     guidance: float = 5.0  # distillation targets follow the teacher's classifier-free-guided ODE
     lr: float = 2e-3
     threads: int = 2
@@ -83,14 +86,35 @@ def make_dataset(cfg: TrainConfig, net: NetConfig) -> dict[str, torch.Tensor]:
     n_frames = net.context_frames + net.frames_per_chunk
     rng = np.random.default_rng(cfg.seed)
     frames = np.empty((cfg.clips, n_frames, net.height, net.width, 3), np.uint8)
+    masks = np.empty((cfg.clips, n_frames, net.height // 8, net.width // 8), np.float32)
     captions = []
     for i in _progress(range(cfg.clips), cfg.clips, "render clips"):
         scene = sample_scene(int(rng.integers(2**31)))
-        frames[i] = render(scene, int(rng.integers(0, 400)), n_frames, net.height, net.width)
+        start = int(rng.integers(0, 400))
+        frames[i] = render(scene, start, n_frames, net.height, net.width)
+        masks[i] = latent_mask(object_coverage(scene, start, n_frames, net.height, net.width))
         captions.append(scene.caption)
     encoder = shared_text_encoder(net.max_tokens)
     tokens = torch.cat([encoder.encode_batch(captions[i:i + 256]) for i in range(0, len(captions), 256)])
-    return {"frames": torch.from_numpy(frames), "tokens": tokens, "captions": captions}
+    return {"frames": torch.from_numpy(frames), "tokens": tokens, "captions": captions, "masks": torch.from_numpy(masks)}
+
+
+def latent_mask(coverage: np.ndarray) -> np.ndarray:
+    """Pixel coverage [T, H, W] -> latent-resolution mask [T, H/8, W/8]: the share of each 8x8
+    cell an object covers, grown by one latent pixel (the edges decide the shape too)."""
+    t, h, w = coverage.shape
+    cells = torch.from_numpy(coverage).view(t, 1, h, w)
+    cells = F.avg_pool2d(cells, 8)
+    return F.max_pool2d(cells, 3, stride=1, padding=1)[:, 0].numpy()
+
+
+def weighted_mse(v: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, object_weight: float) -> torch.Tensor:
+    """Mean squared error over [B, C, T, h, w] with latent pixels weighted 1 + object_weight * mask
+    ([B, T, h, w]), normalised by the mean weight so the loss keeps its scale."""
+    if mask is None or object_weight == 0:
+        return F.mse_loss(v, target)
+    weight = 1.0 + object_weight * mask[:, None]
+    return ((v - target).square() * weight).mean() / weight.mean()
 
 
 def to_unit(frames_uint8: torch.Tensor) -> torch.Tensor:
@@ -162,7 +186,7 @@ def denoiser_velocity(model: Denoiser, x, sigma, tokens, context, keep) -> torch
 
 
 def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainConfig, log: list,
-                  start: int = 0, warm: bool = False) -> Denoiser:
+                  start: int = 0, warm: bool = False, masks: torch.Tensor | None = None) -> Denoiser:
     """Rectified-flow matching: x_s = (1-s) x0 + s n, target velocity n - x0, s half logit-normal,
     half uniform. With `start` > 0 the model is a teacher already trained for `start` steps: it
     trains on for the remaining `cfg.teacher_steps - start` steps with a fresh warm-up and cosine at
@@ -193,7 +217,8 @@ def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainCo
         drop = torch.rand(len(idx), generator=gen) < cfg.text_dropout
         text = torch.where(drop.view(-1, 1, 1), torch.zeros_like(text), text)  # the empty prompt
         v = denoiser_velocity(model, x, sigma, text, context, keep)
-        loss = F.mse_loss(v, noise - x0)
+        mask = masks[idx, net.context_frames:] if masks is not None else None
+        loss = weighted_mse(v, noise - x0, mask, cfg.object_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -236,7 +261,8 @@ def teacher_trajectories(teacher: Denoiser, latents, tokens, net: NetConfig, cfg
     return records
 
 
-def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: list) -> Denoiser:
+def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: list,
+                  masks: torch.Tensor | None = None, context_frames: int = 0) -> Denoiser:
     """At student sigma s_i from the teacher state x_i, the target velocity is the chord
     (x_i - x_{i+1}) / (s_i - s_{i+1}): one student Euler step then lands on the teacher's x_{i+1}."""
     gen = torch.Generator().manual_seed(cfg.seed + 4)
@@ -252,7 +278,8 @@ def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: lis
         s_i, s_next = sig[i], sig[i + 1]
         target = (x_i - x_next) / (s_i - s_next).view(-1, 1, 1, 1, 1)
         v = denoiser_velocity(student, x_i, s_i, tokens[idx], context, keep)
-        loss = F.mse_loss(v, target)
+        mask = masks[idx, context_frames:] if masks is not None else None
+        loss = weighted_mse(v, target, mask, cfg.object_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -428,13 +455,14 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
             copied, new = _init_teacher_from(teacher, init_from)
             print(f"[train-default] teacher initialised from {init_from}: {copied} tensors copied, {new} new")
         teacher = train_teacher(teacher, latents, data["tokens"], net, cfg, log, start=start,
-                                warm=init_from is not None)
+                                warm=init_from is not None, masks=data["masks"])
         save_folder(out, net, ae, teacher, None, cfg, "teacher")
         save_loss_curves(log, out / "loss_curves.png")
     print(f"[train-default] teacher done at {time.time() - t0:.0f} s")
 
     records = teacher_trajectories(teacher, latents, data["tokens"], net, cfg)
-    student = train_student(copy.deepcopy(teacher).requires_grad_(True), records, data["tokens"], cfg, log)
+    student = train_student(copy.deepcopy(teacher).requires_grad_(True), records, data["tokens"], cfg, log,
+                            masks=data["masks"], context_frames=net.context_frames)
     elapsed = time.time() - t0
     summary = {
         "seconds": round(elapsed, 1),
@@ -468,6 +496,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="self-attention over the chunk's half-resolution positions in the denoiser (default: on)")
     parser.add_argument("--context-drop", type=float, default=None,
                         help="share of training samples without the previous chunk's latents (default 0.5)")
+    parser.add_argument("--object-weight", type=float, default=None,
+                        help="extra loss weight on latent pixels the objects cover (default 4; 0: plain MSE)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale distilled into the student (default 5.0)")
 
@@ -489,6 +519,10 @@ def main(args: argparse.Namespace) -> int:
         if not 0.0 <= args.context_drop <= 1.0:
             raise ConfigError(f"--context-drop must be between 0 and 1, got {args.context_drop}")
         cfg.context_drop = args.context_drop
+    if args.object_weight is not None:
+        if not 0.0 <= args.object_weight <= 100.0:
+            raise ConfigError(f"--object-weight must be between 0 and 100, got {args.object_weight}")
+        cfg.object_weight = args.object_weight
     if args.size % 8 or not 32 <= args.size <= 512:
         raise ConfigError(f"--size must be a multiple of 8 between 32 and 512, got {args.size}")
     net = NetConfig(height=args.size, width=args.size, cross_attn=True, self_attn=args.self_attn)

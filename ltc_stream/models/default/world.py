@@ -231,6 +231,17 @@ def render(scene: Scene, start: int, n_frames: int, height: int = 128, width: in
     return frames
 
 
+def object_coverage(scene: Scene, start: int, n_frames: int, height: int = 128, width: int = 128) -> np.ndarray:
+    """Where `render` draws objects: per frame and pixel, the largest object coverage in [0, 1],
+    shape [T, H, W] float32 (training weights its loss towards these pixels)."""
+    xs, ys = _grid(height, width)
+    out = np.zeros((n_frames, height, width), np.float32)
+    for i in range(n_frames):
+        for obj in scene.objects:
+            np.maximum(out[i], _coverage(obj, float(start + i), xs, ys), out=out[i])
+    return out
+
+
 def parse_caption(text: str) -> dict[str, str | None]:
     """Ground truth read back from a caption written by `caption` (used by tests and the
     evaluation): the first object's colour, shape, motion and the first background colour."""
