@@ -184,6 +184,12 @@ def test_resume_reuses_finished_stages(quick_folder, tmp_path):
     assert json.loads((folder / "ltc_model.json").read_text())["stage"] == "distilled"
     log = np.load(folder / "loss_log.npy")
     assert {0, 1, 2} <= set(log[:, 0].astype(int).tolist())  # earlier stages' losses carried over
+    # a teacher trained with another loss is not reused as finished: it is trained again
+    cfg = TrainConfig.quick()
+    cfg.object_weight += 1.0
+    summary = train(cfg, net, folder, resume=True)
+    assert summary["resumed_after"] == "ae"
+    assert (folder / "teacher.safetensors").read_bytes() != teacher_before
 
 
 def test_resume_trains_a_shorter_teacher_on(quick_folder, tmp_path):

@@ -351,6 +351,7 @@ _STAGES = ("ae", "teacher", "distilled")
 
 
 _AE_NET_KEYS = ("height", "width", "latent_channels", "ae_widths")
+_TEACHER_LOSS_KEYS = ("text_dropout", "context_drop", "object_weight")
 
 
 def _same_autoencoder(meta: dict, cfg: TrainConfig, net: NetConfig) -> bool:
@@ -377,7 +378,10 @@ def _resumable_stage(out: Path, cfg: TrainConfig, net: NetConfig) -> str | None:
     saved_steps = saved_cfg.get("teacher_steps")
     if same_net and meta["stage"] != "ae" and isinstance(saved_steps, int) and saved_steps < cfg.teacher_steps:
         return "teacher-partial"  # a teacher trained for fewer steps: train it on
-    same_teacher = same_net and saved_steps == cfg.teacher_steps
+    # a finished teacher is reused only if its loss was the same; one trained for fewer steps is
+    # trained on (above) with whatever the settings are now, which ltc_model.json then records
+    same_loss = all(saved_cfg.get(k) == getattr(cfg, k) for k in _TEACHER_LOSS_KEYS)
+    same_teacher = same_net and saved_steps == cfg.teacher_steps and same_loss
     return meta["stage"] if same_teacher else "ae"
 
 
