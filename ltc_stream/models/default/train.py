@@ -506,9 +506,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="classifier-free guidance scale distilled into the student (default 5.0)")
 
 
+_RESUME_ADOPTS = ("teacher_steps", "distil_steps", "student_steps", "context_drop", "object_weight", "guidance")
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = TrainConfig.quick() if args.quick else TrainConfig()
     cfg.seed, cfg.threads = args.seed, args.threads
+    saved_meta = args.output / "ltc_model.json"
+    if args.resume and saved_meta.is_file():
+        # with --resume, settings not given on the command line are the folder's own: a plain
+        # `--resume` reuses what is there instead of retraining it with the defaults
+        try:
+            saved = json.loads(saved_meta.read_text()).get("train", {})
+        except json.JSONDecodeError:
+            saved = {}
+        for name in _RESUME_ADOPTS:
+            if getattr(args, name, None) is None and isinstance(saved.get(name), (int, float)):
+                setattr(cfg, name, type(getattr(cfg, name))(saved[name]))
     for name in ("clips", "ae_steps", "teacher_steps", "distil_steps", "student_steps"):
         value = getattr(args, name)
         if value is not None:
