@@ -217,8 +217,7 @@ def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainCo
         drop = torch.rand(len(idx), generator=gen) < cfg.text_dropout
         text = torch.where(drop.view(-1, 1, 1), torch.zeros_like(text), text)  # the empty prompt
         v = denoiser_velocity(model, x, sigma, text, context, keep)
-        mask = masks[idx, net.context_frames:] if masks is not None else None
-        loss = weighted_mse(v, noise - x0, mask, cfg.object_weight)
+        loss = weighted_mse(v, noise - x0, masks[idx] if masks is not None else None, cfg.object_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -262,7 +261,7 @@ def teacher_trajectories(teacher: Denoiser, latents, tokens, net: NetConfig, cfg
 
 
 def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: list,
-                  masks: torch.Tensor | None = None, context_frames: int = 0) -> Denoiser:
+                  masks: torch.Tensor | None = None) -> Denoiser:
     """At student sigma s_i from the teacher state x_i, the target velocity is the chord
     (x_i - x_{i+1}) / (s_i - s_{i+1}): one student Euler step then lands on the teacher's x_{i+1}."""
     gen = torch.Generator().manual_seed(cfg.seed + 4)
@@ -278,8 +277,7 @@ def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: lis
         s_i, s_next = sig[i], sig[i + 1]
         target = (x_i - x_next) / (s_i - s_next).view(-1, 1, 1, 1, 1)
         v = denoiser_velocity(student, x_i, s_i, tokens[idx], context, keep)
-        mask = masks[idx, context_frames:] if masks is not None else None
-        loss = weighted_mse(v, target, mask, cfg.object_weight)
+        loss = weighted_mse(v, target, masks[idx] if masks is not None else None, cfg.object_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -447,6 +445,7 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
         ae.latent_scale.fill_(scale)
     print(f"[train-default] autoencoder done at {time.time() - t0:.0f} s; latent scale {float(ae.latent_scale):.3f}")
 
+    chunk_masks = data["masks"][:, net.context_frames:]  # the chunk frames' object masks [N, T, h, w], indexed like latents
     teacher = Denoiser(net)
     if done in ("teacher", "distilled"):
         _load_into(teacher, out / "teacher.safetensors")
@@ -459,14 +458,14 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
             copied, new = _init_teacher_from(teacher, init_from)
             print(f"[train-default] teacher initialised from {init_from}: {copied} tensors copied, {new} new")
         teacher = train_teacher(teacher, latents, data["tokens"], net, cfg, log, start=start,
-                                warm=init_from is not None, masks=data["masks"])
+                                warm=init_from is not None, masks=chunk_masks)
         save_folder(out, net, ae, teacher, None, cfg, "teacher")
         save_loss_curves(log, out / "loss_curves.png")
     print(f"[train-default] teacher done at {time.time() - t0:.0f} s")
 
     records = teacher_trajectories(teacher, latents, data["tokens"], net, cfg)
     student = train_student(copy.deepcopy(teacher).requires_grad_(True), records, data["tokens"], cfg, log,
-                            masks=data["masks"], context_frames=net.context_frames)
+                            masks=chunk_masks)
     elapsed = time.time() - t0
     summary = {
         "seconds": round(elapsed, 1),
@@ -529,18 +528,12 @@ def main(args: argparse.Namespace) -> int:
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
             setattr(cfg, name, value)
-    if args.guidance is not None:
-        if not 1.0 <= args.guidance <= 20.0:
-            raise ConfigError(f"--guidance must be between 1 and 20, got {args.guidance}")
-        cfg.guidance = args.guidance
-    if args.context_drop is not None:
-        if not 0.0 <= args.context_drop <= 1.0:
-            raise ConfigError(f"--context-drop must be between 0 and 1, got {args.context_drop}")
-        cfg.context_drop = args.context_drop
-    if args.object_weight is not None:
-        if not 0.0 <= args.object_weight <= 100.0:
-            raise ConfigError(f"--object-weight must be between 0 and 100, got {args.object_weight}")
-        cfg.object_weight = args.object_weight
+    for name, low, high in (("guidance", 1, 20), ("context_drop", 0, 1), ("object_weight", 0, 100)):
+        value = getattr(args, name)
+        if value is not None:
+            if not low <= value <= high:
+                raise ConfigError(f"--{name.replace('_', '-')} must be between {low} and {high}, got {value}")
+            setattr(cfg, name, value)
     if args.size % 8 or not 32 <= args.size <= 512:
         raise ConfigError(f"--size must be a multiple of 8 between 32 and 512, got {args.size}")
     net = NetConfig(height=args.size, width=args.size, cross_attn=True, self_attn=args.self_attn)
