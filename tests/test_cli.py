@@ -61,6 +61,7 @@ def test_random_weight_models_refuse_to_run_without_the_flag():
     (("--size", "100"), "--size must be a multiple of 8"),
     (("--context-drop", "1.5"), "--context-drop must be between 0 and 1"),
     (("--object-weight", "-1"), "--object-weight must be between 0 and 100"),
+    (("--motion-weight", "101"), "--motion-weight must be between 0 and 100"),
 ])
 def test_train_default_refuses_bad_settings_in_one_line(tmp_path, args, message):
     out = run_cli("train-default", "--quick", "--output", str(tmp_path / "m"), *args)
@@ -74,7 +75,7 @@ def test_train_default_resume_keeps_the_folders_own_settings(tmp_path):
     the defaults reuses its teacher instead of retraining it with the defaults."""
     out = tmp_path / "m"
     first = run_cli("train-default", "--quick", "--output", str(out), "--teacher-steps", "40",
-                    "--object-weight", "2", "--context-drop", "0.3", timeout=300)
+                    "--object-weight", "2", "--context-drop", "0.3", "--motion-weight", "3", timeout=300)
     assert first.returncode == 0, first.stderr
     teacher = (out / "teacher.safetensors").read_bytes()
     again = run_cli("train-default", "--quick", "--resume", "--output", str(out), timeout=300)
@@ -82,4 +83,4 @@ def test_train_default_resume_keeps_the_folders_own_settings(tmp_path):
     assert "resuming after stage 'distilled'" in again.stdout
     assert (out / "teacher.safetensors").read_bytes() == teacher
     saved = json.loads((out / "ltc_model.json").read_text())["train"]
-    assert (saved["teacher_steps"], saved["object_weight"], saved["context_drop"]) == (40, 2.0, 0.3)
+    assert (saved["teacher_steps"], saved["object_weight"], saved["context_drop"], saved["motion_weight"]) == (40, 2.0, 0.3, 3.0)

@@ -13,8 +13,8 @@ from ltc_stream.models import load_model
 from ltc_stream.models.default import PACKAGED
 from ltc_stream.models.default.evaluate import calibrate_model, check_fidelity, held_out_scenes, read_video
 from ltc_stream.models.default.networks import Denoiser, NetConfig
-from ltc_stream.models.default.train import (TrainConfig, _init_teacher_from, denoiser_velocity, latent_mask, train,
-                                              weighted_mse)
+from ltc_stream.models.default.train import (TrainConfig, _init_teacher_from, _resumable_stage, denoiser_velocity,
+                                              latent_mask, motion_mse, train, weighted_mse)
 from ltc_stream.models.default.world import LINEAR_MOTIONS, Scene, object_coverage, parse_caption, render, sample_scene
 
 
@@ -81,6 +81,30 @@ def test_weighted_loss_weighs_object_errors_more():
     a, b = weighted_mse(v, on_object, mask, 4.0), weighted_mse(v, on_background, mask, 4.0)
     assert torch.isclose(a / b, torch.tensor(5.0))
     assert torch.isclose(weighted_mse(v, on_object, mask, 0.0), torch.nn.functional.mse_loss(v, on_object))
+
+
+def test_motion_loss_is_the_frame_to_frame_change_of_the_x0_error():
+    """Against the definition, computed in x0 space: the x0 a velocity implies is x - sigma * v."""
+    gen = torch.Generator().manual_seed(11)
+    shape = (3, 4, 6, 8, 8)
+    x0, noise, v = (torch.randn(shape, generator=gen) for _ in range(3))
+    sigma = torch.tensor([0.95, 0.5, 0.1])
+    s = sigma.view(-1, 1, 1, 1, 1)
+    x = (1 - s) * x0 + s * noise
+    err = (x - s * v) - x0
+    reference = (err[:, :, 1:] - err[:, :, :-1]).square().mean()
+    torch.testing.assert_close(motion_mse(v, noise - x0, sigma), reference)
+    # an error the same in every frame (a colour off) costs nothing here; the plain loss sees it
+    target = noise - x0
+    off = target + torch.randn(3, 4, 1, 8, 8, generator=gen)
+    assert float(motion_mse(off, target, sigma)) < 1e-10 < float(weighted_mse(off, target, None, 0.0))
+    # a bar drawn moving the wrong way costs more than one drawn moving the right way (zero)
+    frames = torch.zeros(1, 1, 6, 8, 8)
+    for t in range(6):
+        frames[0, 0, t, :, 1 + t] = 1.0  # moves right one column per frame
+    wrong = frames.flip(-1)  # moves left
+    one = torch.ones(1)
+    assert float(motion_mse(-wrong, -frames, one)) > 0.0 == float(motion_mse(-frames, -frames, one))
 
 
 def test_quick_training_writes_a_loadable_folder_and_reduces_loss(quick_folder):
@@ -185,6 +209,12 @@ def test_resume_reuses_finished_stages(quick_folder, tmp_path):
     log = np.load(folder / "loss_log.npy")
     assert {0, 1, 2} <= set(log[:, 0].astype(int).tolist())  # earlier stages' losses carried over
     # a teacher trained with another loss is not reused as finished: it is trained again
+    # a folder written before the motion loss existed was trained without it: still reusable
+    legacy = json.loads((folder / "ltc_model.json").read_text())
+    del legacy["train"]["motion_weight"]
+    (folder / "ltc_model.json").write_text(json.dumps(legacy))
+    assert _resumable_stage(folder, TrainConfig.quick(), net) == "distilled"
+    assert _resumable_stage(folder, dataclasses.replace(TrainConfig.quick(), motion_weight=1.0), net) == "ae"
     cfg = TrainConfig.quick()
     cfg.object_weight += 1.0
     summary = train(cfg, net, folder, resume=True)
@@ -240,6 +270,31 @@ def test_growing_the_teacher_with_self_attention_starts_as_the_same_function(qui
     assert load_model(str(out), device="cpu").denoiser.attn is not None
 
 
+def test_relative_position_bias_starts_as_the_same_function_and_indexes_offsets(quick_folder):
+    folder = quick_folder[0]
+    net = dataclasses.replace(NetConfig.from_dict(json.loads((folder / "ltc_model.json").read_text())["net"]), self_attn=True)
+    plain, biased = Denoiser(net), Denoiser(dataclasses.replace(net, rel_pos=True))
+    gen = torch.Generator().manual_seed(2)
+    for p in plain.parameters():  # zero-initialised outputs would make the comparison trivial
+        p.data.normal_(0.0, 0.1, generator=gen)
+    missing = biased.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.endswith("rel_bias") for k in missing)
+    x = torch.randn(2, net.latent_channels, net.frames_per_chunk, net.height // 8, net.width // 8, generator=gen)
+    tokens = torch.randn(2, net.max_tokens, net.text_dim, generator=gen)
+    sigma = torch.tensor([0.9, 0.3])
+    with torch.no_grad():
+        torch.testing.assert_close(biased(x, sigma, tokens, None), plain(x, sigma, tokens, None))
+        attn = biased.attn[0]
+        t, h, w = attn.rel_span
+        attn.rel_bias.normal_(generator=gen)
+        bias = attn._bias(t, h, w)
+        assert bias.shape == (net.heads, t * h * w, t * h * w)
+        # position (t, y, x) -> index (t*h + y)*w + x; the bias of query i over key j is the table at their offset
+        i, j = (1 * h + 0) * w + 1, (0 * h + 1) * w + 0  # offset (1, -1, 1)
+        torch.testing.assert_close(bias[:, i, j], attn.rel_bias[:, t - 1 + 1, h - 1 - 1, w - 1 + 1])
+        assert not torch.allclose(biased(x, sigma, tokens, None), plain(x, sigma, tokens, None))
+
+
 def test_context_dropping_in_two_batches_equals_selecting_per_sample(quick_folder):
     """Training runs the samples with and without context as two smaller batches; the result and
     its gradients must be what running the whole batch both ways and selecting per sample gives."""
@@ -280,3 +335,25 @@ def test_evaluate_reports_ltc_against_fewer_steps_and_sampler_angles(quick_folde
         assert len(angles) == model.steps and angles[0] is None and all(0 <= a <= np.pi for a in angles[1:])
     assert ltc["angles_by_sampler"]["euler"] != ltc["angles_by_sampler"]["renoise"]
     assert model.sigmas.tolist() == torch.linspace(1, 0, model.steps + 1).tolist()  # restored after "fewer"
+    sens = report["text_sensitivity"]
+    assert sens["direction_reversed"] >= 0 and sens["object_colour_changed"] > 0 and np.isfinite(sens["ratio"])
+
+
+def test_text_sensitivity_is_zero_for_a_denoiser_that_ignores_the_prompt(quick_folder):
+    from ltc_stream.models.default.evaluate import text_sensitivity
+
+    class Stub(torch.nn.Module):
+        def __init__(self, reads_prompt: bool):
+            super().__init__()
+            self.reads_prompt = reads_prompt
+
+        def forward(self, x, sigma, tokens, context):
+            return x + (tokens.sum((1, 2)).view(-1, 1, 1, 1, 1) if self.reads_prompt else 0.0)
+
+    model = load_model(str(quick_folder[0]), device="cpu")
+    model.denoiser = Stub(False)
+    blind = text_sensitivity(model, n_scenes=3)
+    assert blind["direction_reversed"] == 0.0 == blind["object_colour_changed"] and blind["ratio"] == 0.0
+    model.denoiser = Stub(True)
+    reading = text_sensitivity(model, n_scenes=3)
+    assert reading["direction_reversed"] > 0 and reading["object_colour_changed"] > 0

@@ -7,12 +7,16 @@
   background), direction of motion (the object's centroid track);
 - continuity: mean frame-to-frame change at chunk boundaries over that inside chunks;
 - LTC: model calls per chunk with and without LTC, PSNR of the LTC video against the same
-  model and noise without LTC.
+  model and noise without LTC;
+- text sensitivity: how much the denoiser's output moves when a prompt's direction word is
+  reversed, against when its object colour is changed (a model that ignores motion words shows
+  a ratio near 0 however it is sampled).
 With `--calibrate`, LTC weights are measured first and saved beside the model weights.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -23,7 +27,7 @@ import torch
 from ...errors import ConfigError
 from ...ltc import LTCConfig, psnr
 from .model import sigma_schedule
-from .world import COLOURS, LINEAR_MOTIONS, MOTIONS, caption, sample_scene
+from .world import COLOURS, LINEAR_MOTIONS, MOTIONS, caption, render, sample_scene
 
 PALETTE = {name: np.array(rgb, np.float32) for name, (rgb, _) in COLOURS.items()}
 HELD_OUT_SEED = 2_000_000_000  # training draws seeds below 2**31 from its own stream: collisions are negligible
@@ -164,6 +168,7 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
                      "skipped_steps": model.ltc_weights.skipped_steps if model.ltc_weights else [],
                      "w_g": [round(w, 4) for w in model.ltc_weights.w_g] if model.ltc_weights else [],
                      "angles": [None if a is None else round(a, 4) for a in model.ltc_weights.angles] if model.ltc_weights else []}
+    report["text_sensitivity"] = text_sensitivity(model)
     speed = []
     for size in sizes:
         entry = {"size": size, "trained_size": size == model.net.height}
@@ -174,6 +179,41 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
     report["speed"] = {"threads": torch.get_num_threads(), "by_size": speed,
                        "largest_size_streaming_16fps": max([e["size"] for e in speed if e["fps_ltc"] >= 16], default=None)}
     return report
+
+
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+@torch.no_grad()
+def text_sensitivity(model, n_scenes: int = 16, sigma: float = 0.9, seed: int = 5_000_000) -> dict:
+    """Mean squared change of the denoiser's velocity (first chunk, no context) on a true clip of
+    the world at `sigma` when the caption's direction is reversed, and when its object colour is
+    changed; colour is what the model follows best, so the ratio says how much the motion words
+    count. High sigma: that is where the prompt decides the picture."""
+    from .train import to_unit
+
+    changes: dict[str, list[float]] = {"direction_reversed": [], "object_colour_changed": []}
+    while len(changes["direction_reversed"]) < n_scenes:
+        scene = sample_scene(seed, max_objects=1)
+        seed += 1
+        if scene.main.motion not in LINEAR_MOTIONS:
+            continue
+        reversed_, recoloured = copy.deepcopy(scene), copy.deepcopy(scene)
+        reversed_.main.motion = OPPOSITE[scene.main.motion]
+        recoloured.main.colour = next(c for c in COLOURS if c not in (scene.main.colour, *scene.bg_colours))
+        frames = render(scene, 0, model.frames_per_chunk, model.height, model.width)
+        x0 = model.autoencoder.encode(to_unit(torch.from_numpy(frames)).to(model.device)).movedim(0, 1)[None]
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(model.device)
+        x = (1 - sigma) * x0 + sigma * noise
+        s = torch.full((1,), sigma, device=model.device)
+        v = {name: model.denoiser(x, s, model.encode_prompt(caption(sc))[None], None)
+             for name, sc in (("true", scene), ("direction_reversed", reversed_), ("object_colour_changed", recoloured))}
+        for name in changes:
+            changes[name].append(float((v[name] - v["true"]).square().mean()))
+    out = {name: float(np.mean(values)) for name, values in changes.items()}
+    out["ratio"] = round(out["direction_reversed"] / max(out["object_colour_changed"], 1e-12), 4)
+    out.update(sigma=sigma, scenes=n_scenes)
+    return out
 
 
 @torch.no_grad()

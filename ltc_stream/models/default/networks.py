@@ -33,6 +33,7 @@ class NetConfig:
     text_dim: int = EMBED_DIM
     cross_attn: bool = False  # token cross-attention in the half-resolution blocks (new models: True)
     self_attn: bool = False  # self-attention over the chunk's half-resolution positions (global context)
+    rel_pos: bool = False  # learned relative-position bias (frames, rows, columns) in that self-attention
     heads: int = 4
 
     def to_dict(self) -> dict:
@@ -171,13 +172,14 @@ class _ChunkAttention(nn.Module):
         b, n, c = x.shape
         return x.view(b, n, self.heads, c // self.heads).transpose(1, 2)
 
-    def attend(self, x: torch.Tensor, *args) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, shape: tuple[int, int, int], *args) -> torch.Tensor:
+        """x [B, N, C] for the chunk's (frames, rows, columns) = `shape` positions."""
         raise NotImplementedError
 
     def forward(self, h: torch.Tensor, *args) -> torch.Tensor:
         b, c, t, hh, ww = h.shape
         x = self.norm(h).permute(0, 2, 3, 4, 1).reshape(b, t * hh * ww, c)
-        out = self.attend(x, *args)  # [B, heads, N, C / heads]
+        out = self.attend(x, (t, hh, ww), *args)  # [B, heads, N, C / heads]
         out = self.o(out.transpose(1, 2).reshape(b, t * hh * ww, c))
         return h + out.view(b, t, hh, ww, c).permute(0, 4, 1, 2, 3)
 
@@ -193,7 +195,7 @@ class TokenCrossAttention(_ChunkAttention):
         self.null_kv = nn.Parameter(torch.zeros(2, width))  # always attendable: the empty prompt is defined
         self._make_output(width)
 
-    def attend(self, x: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, shape: tuple[int, int, int], tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[0], x.shape[2]
         kv = torch.cat([self.null_kv.expand(b, 1, 2, c), self.kv(tokens).view(b, tokens.shape[1], 2, c)], 1)
         k, v = self._heads(kv[:, :, 0]), self._heads(kv[:, :, 1])
@@ -206,14 +208,31 @@ class ChunkSelfAttention(_ChunkAttention):
     convolutions see a few latent pixels, this sees the whole chunk, so one colour holds for the
     whole background and one object stays one object."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, rel_pos: tuple[int, int, int] | None = None):
         super().__init__(width, heads)
         self.qkv = nn.Linear(width, 3 * width)
         self._make_output(width)
+        # rel_pos (frames, rows, columns) of the training size: a learned score bias per head and
+        # offset (dt, dy, dx), so a head can look "one frame back, one row down": the way attention
+        # moves things. Zero-initialised (adding it starts as the same function); offsets beyond
+        # the table (larger pictures) use its edge.
+        self.rel_bias = None
+        if rel_pos is not None:
+            self.rel_span = rel_pos
+            self.rel_bias = nn.Parameter(torch.zeros(heads, *(2 * n - 1 for n in rel_pos)))
 
-    def attend(self, x: torch.Tensor) -> torch.Tensor:
+    def _bias(self, t: int, h: int, w: int) -> torch.Tensor:
+        grids = torch.meshgrid(*(torch.arange(n, device=self.rel_bias.device) for n in (t, h, w)), indexing="ij")
+        index = []
+        for grid, span in zip(grids, self.rel_span):
+            flat = grid.reshape(-1)
+            index.append((flat[:, None] - flat[None, :]).clamp(-(span - 1), span - 1) + span - 1)
+        return self.rel_bias[:, index[0], index[1], index[2]]  # [heads, N, N]
+
+    def attend(self, x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        return F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+        bias = self._bias(*shape).to(q.dtype) if self.rel_bias is not None else None
+        return F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), attn_mask=bias)
 
 
 class Denoiser(nn.Module):
@@ -235,7 +254,8 @@ class Denoiser(nn.Module):
         self.mid_blocks = nn.ModuleList(FiLMBlock(w1, cfg.cond_dim) for _ in range(cfg.blocks1))
         self.cross = nn.ModuleList(TokenCrossAttention(w1, cfg.text_dim, cfg.heads) for _ in range(cfg.blocks1)) \
             if cfg.cross_attn else None
-        self.attn = nn.ModuleList(ChunkSelfAttention(w1, cfg.heads) for _ in range(cfg.blocks1)) \
+        span = (cfg.frames_per_chunk, cfg.height // 16, cfg.width // 16) if cfg.rel_pos else None
+        self.attn = nn.ModuleList(ChunkSelfAttention(w1, cfg.heads, span) for _ in range(cfg.blocks1)) \
             if cfg.self_attn else None
         self.up = nn.ConvTranspose3d(w1, w0, (1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
         self.up_blocks = nn.ModuleList(FiLMBlock(w0, cfg.cond_dim) for _ in range(cfg.blocks0))

@@ -52,6 +52,9 @@ class TrainConfig:
     # flow-matching loss weight on latent pixels the objects cover, over the background's 1 (objects
     # are ~8% of the picture: unweighted, the loss barely sees them); 0 until the 2026-11-25 retrain
     object_weight: float = 4.0
+    # weight of the motion loss (`motion_mse`): errors that differ from frame to frame, i.e. motion
+    # drawn wrong; off: at 10 it did not beat the shipped weights (model card, "Tried and not shipped")
+    motion_weight: float = 0.0
     guidance: float = 5.0  # distillation targets follow the teacher's classifier-free-guided ODE
     lr: float = 2e-3
     threads: int = 2
@@ -115,6 +118,24 @@ def weighted_mse(v: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
         return F.mse_loss(v, target)
     weight = 1.0 + object_weight * mask[:, None]
     return ((v - target).square() * weight).mean() / weight.mean()
+
+
+def motion_mse(v: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Mean squared frame-to-frame change of the x0 error. The x0 the velocity implies is
+    x - sigma * v, so its error is sigma * (target - v), and its change between frames t and t+1 is
+    what the plain loss barely sees: an object drawn moving the wrong way (or not moving) is a thin
+    error along its edges, while a colour off by the same amount in every frame changes nothing here.
+    v, target [B, C, T, h, w]; sigma [B]."""
+    err = (v - target) * sigma.view(-1, 1, 1, 1, 1)
+    return (err[:, :, 1:] - err[:, :, :-1]).square().mean()
+
+
+def flow_loss(v, target, sigma, mask, cfg: "TrainConfig") -> torch.Tensor:
+    """The teacher's and the student's loss: object-weighted MSE plus the weighted motion loss."""
+    loss = weighted_mse(v, target, mask, cfg.object_weight)
+    if cfg.motion_weight:
+        loss = loss + cfg.motion_weight * motion_mse(v, target, sigma)
+    return loss
 
 
 def to_unit(frames_uint8: torch.Tensor) -> torch.Tensor:
@@ -217,7 +238,7 @@ def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainCo
         drop = torch.rand(len(idx), generator=gen) < cfg.text_dropout
         text = torch.where(drop.view(-1, 1, 1), torch.zeros_like(text), text)  # the empty prompt
         v = denoiser_velocity(model, x, sigma, text, context, keep)
-        loss = weighted_mse(v, noise - x0, masks[idx] if masks is not None else None, cfg.object_weight)
+        loss = flow_loss(v, noise - x0, sigma, masks[idx] if masks is not None else None, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -277,7 +298,7 @@ def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: lis
         s_i, s_next = sig[i], sig[i + 1]
         target = (x_i - x_next) / (s_i - s_next).view(-1, 1, 1, 1, 1)
         v = denoiser_velocity(student, x_i, s_i, tokens[idx], context, keep)
-        loss = weighted_mse(v, target, masks[idx] if masks is not None else None, cfg.object_weight)
+        loss = flow_loss(v, target, s_i, masks[idx] if masks is not None else None, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -349,7 +370,8 @@ _STAGES = ("ae", "teacher", "distilled")
 
 
 _AE_NET_KEYS = ("height", "width", "latent_channels", "ae_widths")
-_TEACHER_LOSS_KEYS = ("text_dropout", "context_drop", "object_weight")
+_TEACHER_LOSS_KEYS = ("text_dropout", "context_drop", "object_weight", "motion_weight")
+_LOSS_KEYS_ADDED = {"motion_weight": 0.0}  # folders written before a key existed were trained with this
 
 
 def _same_autoencoder(meta: dict, cfg: TrainConfig, net: NetConfig) -> bool:
@@ -378,7 +400,7 @@ def _resumable_stage(out: Path, cfg: TrainConfig, net: NetConfig) -> str | None:
         return "teacher-partial"  # a teacher trained for fewer steps: train it on
     # a finished teacher is reused only if its loss was the same; one trained for fewer steps is
     # trained on (above) with whatever the settings are now, which ltc_model.json then records
-    same_loss = all(saved_cfg.get(k) == getattr(cfg, k) for k in _TEACHER_LOSS_KEYS)
+    same_loss = all(saved_cfg.get(k, _LOSS_KEYS_ADDED.get(k)) == getattr(cfg, k) for k in _TEACHER_LOSS_KEYS)
     same_teacher = same_net and saved_steps == cfg.teacher_steps and same_loss
     return meta["stage"] if same_teacher else "ae"
 
@@ -497,26 +519,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "match (to grow the network, e.g. with --self-attn)")
     parser.add_argument("--self-attn", action=argparse.BooleanOptionalAction, default=True,
                         help="self-attention over the chunk's half-resolution positions in the denoiser (default: on)")
+    parser.add_argument("--rel-pos", action=argparse.BooleanOptionalAction, default=None,
+                        help="learned relative-position bias (frames, rows, columns) in the chunk self-attention "
+                             "(default: off; with --resume, the folder's own)")
     parser.add_argument("--context-drop", type=float, default=None,
                         help="share of training samples without the previous chunk's latents (default 0.5)")
     parser.add_argument("--object-weight", type=float, default=None,
                         help="extra loss weight on latent pixels the objects cover (default 4; 0: plain MSE)")
+    parser.add_argument("--motion-weight", type=float, default=None,
+                        help="weight of the motion loss: frame-to-frame changes of the x0 error, so motion drawn the wrong "
+                             "way costs more (default 0)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale distilled into the student (default 5.0)")
 
 
-_RESUME_ADOPTS = ("teacher_steps", "distil_steps", "student_steps", "context_drop", "object_weight", "guidance")
+_RESUME_ADOPTS = ("teacher_steps", "distil_steps", "student_steps", "context_drop", "object_weight", "motion_weight",
+                  "guidance")
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = TrainConfig.quick() if args.quick else TrainConfig()
     cfg.seed, cfg.threads = args.seed, args.threads
     saved_meta = args.output / "ltc_model.json"
+    saved_net: dict = {}
     if args.resume and saved_meta.is_file():
         # with --resume, settings not given on the command line are the folder's own: a plain
         # `--resume` reuses what is there instead of retraining it with the defaults
         try:
-            saved = json.loads(saved_meta.read_text()).get("train", {})
+            meta = json.loads(saved_meta.read_text())
+            saved, saved_net = meta.get("train", {}), meta.get("net", {})
         except json.JSONDecodeError:
             saved = {}
         for name in _RESUME_ADOPTS:
@@ -528,7 +559,7 @@ def main(args: argparse.Namespace) -> int:
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
             setattr(cfg, name, value)
-    for name, low, high in (("guidance", 1, 20), ("context_drop", 0, 1), ("object_weight", 0, 100)):
+    for name, low, high in (("guidance", 1, 20), ("context_drop", 0, 1), ("object_weight", 0, 100), ("motion_weight", 0, 100)):
         value = getattr(args, name)
         if value is not None:
             if not low <= value <= high:
@@ -536,10 +567,12 @@ def main(args: argparse.Namespace) -> int:
             setattr(cfg, name, value)
     if args.size % 8 or not 32 <= args.size <= 512:
         raise ConfigError(f"--size must be a multiple of 8 between 32 and 512, got {args.size}")
-    net = NetConfig(height=args.size, width=args.size, cross_attn=True, self_attn=args.self_attn)
+    rel_pos = args.rel_pos if args.rel_pos is not None else bool(saved_net.get("rel_pos", False))
+    net = NetConfig(height=args.size, width=args.size, cross_attn=True, self_attn=args.self_attn, rel_pos=rel_pos)
     if args.quick:
         net = NetConfig(height=args.size, width=args.size, ae_widths=(8, 8, 16), width0=16, width1=16,
-                        blocks0=1, blocks1=1, cond_dim=32, text_queries=2, cross_attn=True, self_attn=args.self_attn)
+                        blocks0=1, blocks1=1, cond_dim=32, text_queries=2, cross_attn=True, self_attn=args.self_attn,
+                        rel_pos=rel_pos)
     if args.init_from is not None and not (args.init_from / "ltc_model.json").is_file():
         raise ConfigError(f"--init-from {args.init_from}: not a default-model folder (no ltc_model.json)")
     train(cfg, net, args.output, resume=args.resume, init_from=args.init_from)
