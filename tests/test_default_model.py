@@ -208,13 +208,13 @@ def test_resume_reuses_finished_stages(quick_folder, tmp_path):
     assert json.loads((folder / "ltc_model.json").read_text())["stage"] == "distilled"
     log = np.load(folder / "loss_log.npy")
     assert {0, 1, 2} <= set(log[:, 0].astype(int).tolist())  # earlier stages' losses carried over
-    # a teacher trained with another loss is not reused as finished: it is trained again
     # a folder written before the motion loss existed was trained without it: still reusable
     legacy = json.loads((folder / "ltc_model.json").read_text())
     del legacy["train"]["motion_weight"]
     (folder / "ltc_model.json").write_text(json.dumps(legacy))
     assert _resumable_stage(folder, TrainConfig.quick(), net) == "distilled"
     assert _resumable_stage(folder, dataclasses.replace(TrainConfig.quick(), motion_weight=1.0), net) == "ae"
+    # a teacher trained with another loss is not reused as finished: it is trained again
     cfg = TrainConfig.quick()
     cfg.object_weight += 1.0
     summary = train(cfg, net, folder, resume=True)

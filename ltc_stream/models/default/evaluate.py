@@ -27,6 +27,7 @@ import torch
 from ...errors import ConfigError
 from ...ltc import LTCConfig, psnr
 from .model import sigma_schedule
+from .train import to_unit
 from .world import COLOURS, LINEAR_MOTIONS, MOTIONS, caption, render, sample_scene
 
 PALETTE = {name: np.array(rgb, np.float32) for name, (rgb, _) in COLOURS.items()}
@@ -190,8 +191,6 @@ def text_sensitivity(model, n_scenes: int = 16, sigma: float = 0.9, seed: int = 
     the world at `sigma` when the caption's direction is reversed, and when its object colour is
     changed; colour is what the model follows best, so the ratio says how much the motion words
     count. High sigma: that is where the prompt decides the picture."""
-    from .train import to_unit
-
     changes: dict[str, list[float]] = {"direction_reversed": [], "object_colour_changed": []}
     while len(changes["direction_reversed"]) < n_scenes:
         scene = sample_scene(seed, max_objects=1)
