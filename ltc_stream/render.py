@@ -3,9 +3,10 @@
     ltc-stream render --prompt "0:a red circle moving left on a blue background" \\
                       --prompt "4:a yellow star spinning on a black background" \\
                       --seconds 8 --output out.mp4 [--model default] [--no-ltc] [--seed N]
+                      [--on-prompt-change auto|cut|blend]
 
-A prompt "T:text" takes effect at the first chunk boundary at or after T seconds, blended in over
-two chunks exactly as in the live stream.
+A prompt "T:text" takes effect at the first chunk boundary at or after T seconds, taken up exactly
+as in the live stream: a scene cut, or blended in over two chunks (`ltc_stream.stream.Steering`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
-from .stream import PromptBlender
+from .stream import Steering
 
 
 def parse_timed_prompts(specs: list[str]) -> list[tuple[float, str]]:
@@ -51,11 +52,10 @@ def _is_number(text: str) -> bool:
 
 
 def render(model, prompts: list[tuple[float, str]], seconds: float, *, ltc: bool = True, seed: int = 0,
-           progress: bool = True) -> tuple[np.ndarray, dict]:
+           progress: bool = True, prompt_change: str | None = None) -> tuple[np.ndarray, dict]:
     """Frames uint8 [N, H, W, 3] for `seconds` of video, and figures about the run."""
     total = int(round(seconds * model.fps))
-    state = model.new_stream(seed)
-    blender = PromptBlender(model.encode_prompt(prompts[0][1]))
+    steering = Steering(model, model.encode_prompt(prompts[0][1]), seed=seed, mode=prompt_change)
     pending = list(prompts[1:])
     frames, calls, steps, t0 = [], 0, 0, time.perf_counter()
     from tqdm import tqdm
@@ -64,8 +64,8 @@ def render(model, prompts: list[tuple[float, str]], seconds: float, *, ltc: bool
     while sum(len(f) for f in frames) < total:
         now = sum(len(f) for f in frames) / model.fps
         while pending and pending[0][0] <= now + 1e-9:
-            blender.set(model.encode_prompt(pending.pop(0)[1]))
-        result = model.generate_chunk(state, blender.next(), ltc=ltc)
+            steering.set(model.encode_prompt(pending.pop(0)[1]))
+        result = model.generate_chunk(*steering.next(), ltc=ltc)
         frames.append(result.frames)
         calls += result.model_calls
         steps += result.steps
@@ -103,6 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--no-ltc", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--on-prompt-change", choices=["auto", "cut", "blend"], default="auto",
+                        help="cut: a new prompt starts a fresh scene; blend: the scene morphs over two chunks; "
+                             "auto: the model's choice (the default model cuts)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
@@ -115,7 +118,8 @@ def main(args: argparse.Namespace) -> int:
     from .models import load_model
 
     model = load_model(args.model, device=args.device)
-    frames, info = render(model, prompts, args.seconds, ltc=not args.no_ltc, seed=args.seed)
+    frames, info = render(model, prompts, args.seconds, ltc=not args.no_ltc, seed=args.seed,
+                          prompt_change=None if args.on_prompt_change == "auto" else args.on_prompt_change)
     write_video(args.output, frames, model.fps)
     print(json.dumps({"output": str(args.output), "ltc": not args.no_ltc, **info}))
     return 0

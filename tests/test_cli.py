@@ -58,6 +58,7 @@ def test_random_weight_models_refuse_to_run_without_the_flag():
 @pytest.mark.parametrize("args, message", [
     (("--guidance", "0.5"), "--guidance must be between 1 and 20"),
     (("--teacher-steps", "0"), "--teacher-steps must be at least 1"),
+    (("--distil-trajectories", "0"), "--distil-trajectories must be at least 1"),
     (("--size", "100"), "--size must be a multiple of 8"),
     (("--context-drop", "1.5"), "--context-drop must be between 0 and 1"),
     (("--object-weight", "-1"), "--object-weight must be between 0 and 100"),
@@ -75,7 +76,8 @@ def test_train_default_resume_keeps_the_folders_own_settings(tmp_path):
     the defaults reuses its teacher instead of retraining it with the defaults."""
     out = tmp_path / "m"
     first = run_cli("train-default", "--quick", "--output", str(out), "--teacher-steps", "40",
-                    "--object-weight", "2", "--context-drop", "0.3", "--motion-weight", "3", timeout=300)
+                    "--object-weight", "2", "--context-drop", "0.3", "--motion-weight", "3",
+                    "--distil-trajectories", "12", "--residual-context", timeout=300)
     assert first.returncode == 0, first.stderr
     teacher = (out / "teacher.safetensors").read_bytes()
     again = run_cli("train-default", "--quick", "--resume", "--output", str(out), timeout=300)
@@ -83,4 +85,6 @@ def test_train_default_resume_keeps_the_folders_own_settings(tmp_path):
     assert "resuming after stage 'distilled'" in again.stdout
     assert (out / "teacher.safetensors").read_bytes() == teacher
     saved = json.loads((out / "ltc_model.json").read_text())["train"]
-    assert (saved["teacher_steps"], saved["object_weight"], saved["context_drop"], saved["motion_weight"]) == (40, 2.0, 0.3, 3.0)
+    assert (saved["teacher_steps"], saved["object_weight"], saved["context_drop"], saved["motion_weight"],
+            saved["distil_trajectories"]) == (40, 2.0, 0.3, 3.0, 12)
+    assert json.loads((out / "ltc_model.json").read_text())["net"]["residual_context"] is True

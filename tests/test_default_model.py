@@ -14,7 +14,7 @@ from ltc_stream.models.default import PACKAGED
 from ltc_stream.models.default.evaluate import calibrate_model, check_fidelity, held_out_scenes, read_video
 from ltc_stream.models.default.networks import Denoiser, NetConfig
 from ltc_stream.models.default.train import (TrainConfig, _init_teacher_from, _resumable_stage, denoiser_velocity,
-                                              latent_mask, motion_mse, train, weighted_mse)
+                                              diffused_chunk, latent_mask, motion_mse, train, weighted_mse)
 from ltc_stream.models.default.world import LINEAR_MOTIONS, Scene, object_coverage, parse_caption, render, sample_scene
 
 
@@ -295,6 +295,41 @@ def test_relative_position_bias_starts_as_the_same_function_and_indexes_offsets(
         assert not torch.allclose(biased(x, sigma, tokens, None), plain(x, sigma, tokens, None))
 
 
+def test_residual_context_diffuses_the_change_and_the_sampler_adds_the_context_back(quick_folder, tmp_path):
+    folder = tmp_path / "residual"
+    shutil.copytree(quick_folder[0], folder)
+    meta = json.loads((folder / "ltc_model.json").read_text())
+    net = NetConfig.from_dict(meta["net"])
+    # training target: a clip whose chunk repeats its last context frame is all zeros with context,
+    # itself without (the first chunk of a stream has no context to be relative to)
+    gen = torch.Generator().manual_seed(0)
+    context = torch.randn(2, net.latent_channels, net.context_frames, 8, 8, generator=gen)
+    chunk = context[:, :, -1:].repeat(1, 1, net.frames_per_chunk, 1, 1)
+    keep = torch.tensor([True, False])
+    assert torch.equal(diffused_chunk(chunk, context, keep, net), chunk)  # the option is off
+    net.residual_context = True
+    target = diffused_chunk(chunk, context, keep, net)
+    assert target[0].abs().max() == 0 and torch.equal(target[1], chunk[1])
+    # sampling: a denoiser that predicts "no change" (x0 = 0 in the diffused space) continues the
+    # previous chunk's last latent frame exactly, so the picture does not jump at the boundary
+    meta["net"]["residual_context"] = True
+    (folder / "ltc_model.json").write_text(json.dumps(meta))
+    model = load_model(str(folder), device="cpu")
+
+    class NoChange(torch.nn.Module):
+        def forward(self, x, sigma, tokens, context):
+            return x / sigma.view(-1, 1, 1, 1, 1)  # v = noise - x0 with x0 = 0
+
+    state = model.new_stream(0)
+    first = model.generate_chunk(state, model.encode_prompt("a red ball"), ltc=False)
+    last_latent = state.context[:, :, -1:].clone()
+    model.denoiser = NoChange()
+    second = model.generate_chunk(state, model.encode_prompt("a red ball"), ltc=False)
+    expected = model.decode(last_latent)[0]
+    assert all(np.array_equal(frame, expected) for frame in second.frames)
+    assert np.array_equal(second.frames[0], first.frames[-1])  # no jump at the boundary
+
+
 def test_context_dropping_in_two_batches_equals_selecting_per_sample(quick_folder):
     """Training runs the samples with and without context as two smaller batches; the result and
     its gradients must be what running the whole batch both ways and selecting per sample gives."""
@@ -327,6 +362,10 @@ def test_evaluate_reports_ltc_against_fewer_steps_and_sampler_angles(quick_folde
     model = load_model(str(quick_folder[0]), device="cpu")
     calibrate_model(model, n_prompts=4, tau=3.0)
     report = evaluate(model, n_prompts=2, chunks=2, speed_chunks=1, sizes=(64,))
+    change = report["prompt_change"]
+    assert change["default"] == "cut" and change["pairs"] == 20
+    for mode in ("cut", "blend"):
+        assert set(change[mode]) >= {"background", "object"} and all(0 <= v <= 1 for v in change[mode].values())
     ltc = report["ltc"]
     assert ltc["calls_per_chunk_full"] == model.steps and ltc["calls_per_chunk_ltc"] == model.steps - 1
     assert np.isfinite(ltc["psnr_vs_full_db"]) and np.isfinite(ltc["psnr_fewer_steps_vs_full_db"])
@@ -337,6 +376,24 @@ def test_evaluate_reports_ltc_against_fewer_steps_and_sampler_angles(quick_folde
     assert model.sigmas.tolist() == torch.linspace(1, 0, model.steps + 1).tolist()  # restored after "fewer"
     sens = report["text_sensitivity"]
     assert sens["direction_reversed"] >= 0 and sens["object_colour_changed"] > 0 and np.isfinite(sens["ratio"])
+
+
+def test_a_cut_on_prompt_change_is_exactly_a_fresh_stream_of_the_new_prompt(quick_folder):
+    from ltc_stream.stream import Steering
+
+    model = load_model(str(quick_folder[0]), device="cpu")
+    old, new = (model.encode_prompt(p) for p in ("a red ball moving left on blue", "a green star spinning on white"))
+    runs = {}
+    for mode in ("cut", "blend"):
+        steering = Steering(model, old, seed=11, mode=mode)
+        for _ in range(2):
+            model.generate_chunk(*steering.next(), ltc=False)
+        steering.set(new)
+        runs[mode] = [model.generate_chunk(*steering.next(), ltc=False).frames for _ in range(2)]
+    fresh_state = model.new_stream(11 + 1)  # the seed Steering gives its first cut
+    fresh = [model.generate_chunk(fresh_state, new, ltc=False).frames for _ in range(2)]
+    assert all(np.array_equal(a, b) for a, b in zip(runs["cut"], fresh))
+    assert not np.array_equal(runs["blend"][1], fresh[1])  # blending keeps the old context
 
 
 def test_text_sensitivity_is_zero_for_a_denoiser_that_ignores_the_prompt(quick_folder):

@@ -45,6 +45,9 @@ class VideoModel(ABC):
     frames_per_chunk: int
     steps: int  # sampling steps per chunk (before LTC skips any)
     device: torch.device
+    # how a stream takes up a new prompt by default (ltc_stream.stream.Steering): "blend" keeps the
+    # causal context and morphs the embedding; "cut" starts a fresh context (a scene cut)
+    prompt_change: str = "blend"
 
     @abstractmethod
     def encode_prompt(self, text: str) -> torch.Tensor:
@@ -77,5 +80,6 @@ class VideoModel(ABC):
             "fps": self.fps,
             "frames_per_chunk": self.frames_per_chunk,
             "steps": self.steps,
+            "prompt_change": self.prompt_change,
             "device": str(self.device),
         }

@@ -8,6 +8,8 @@
 - continuity: mean frame-to-frame change at chunk boundaries over that inside chunks;
 - LTC: model calls per chunk with and without LTC, PSNR of the LTC video against the same
   model and noise without LTC;
+- prompt change: how often the stream follows a prompt changed mid-stream, for each way of
+  taking it up (a scene cut or a blend with the context kept: `ltc_stream.stream.Steering`);
 - text sensitivity: how much the denoiser's output moves when a prompt's direction word is
   reversed, against when its object colour is changed (a model that ignores motion words shows
   a ratio near 0 however it is sampled).
@@ -26,6 +28,7 @@ import torch
 
 from ...errors import ConfigError
 from ...ltc import LTCConfig, psnr
+from ...stream import PROMPT_CHANGES, Steering
 from .model import sigma_schedule
 from .train import to_unit
 from .world import COLOURS, LINEAR_MOTIONS, MOTIONS, caption, render, sample_scene
@@ -151,11 +154,8 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
         for i, d in enumerate(diffs):
             (boundary if (i + 1) % t == 0 else inside).append(float(d))
     checks = [v for r in rows for v in r["checks"].values()]
-    by_kind = {kind: float(np.mean([r["checks"][kind] for r in rows if kind in r["checks"]]))
-               for kind in ("background", "object", "direction") if any(kind in r["checks"] for r in rows)}
     report["fidelity"] = {"accuracy": round(float(np.mean(checks)), 3), "checks": len(checks),
-                          "by_kind": {k: round(v, 3) for k, v in by_kind.items()}, "prompts": n_prompts,
-                          "examples": rows[:6]}
+                          "by_kind": by_kind(rows), "prompts": n_prompts, "examples": rows[:6]}
     report["continuity"] = {"boundary_change": round(float(np.mean(boundary)), 3),
                             "inside_change": round(float(np.mean(inside)), 3),
                             "ratio": round(float(np.mean(boundary) / max(1e-6, np.mean(inside))), 3)}
@@ -169,6 +169,7 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
                      "skipped_steps": model.ltc_weights.skipped_steps if model.ltc_weights else [],
                      "w_g": [round(w, 4) for w in model.ltc_weights.w_g] if model.ltc_weights else [],
                      "angles": [None if a is None else round(a, 4) for a in model.ltc_weights.angles] if model.ltc_weights else []}
+    report["prompt_change"] = prompt_change(model)
     report["text_sensitivity"] = text_sensitivity(model)
     speed = []
     for size in sizes:
@@ -180,6 +181,34 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
     report["speed"] = {"threads": torch.get_num_threads(), "by_size": speed,
                        "largest_size_streaming_16fps": max([e["size"] for e in speed if e["fps_ltc"] >= 16], default=None)}
     return report
+
+
+def by_kind(rows: list[dict]) -> dict:
+    """Share of each kind of check passed over `check_fidelity` rows."""
+    kinds = [k for k in ("background", "object", "direction") if any(k in r["checks"] for r in rows)]
+    return {k: round(float(np.mean([r["checks"][k] for r in rows if k in r["checks"]])), 3) for k in kinds}
+
+
+@torch.no_grad()
+def prompt_change(model, pairs: int = 20, before: int = 2, after: int = 3) -> dict:
+    """How often a stream follows a prompt changed mid-stream: `before` chunks of one held-out
+    prompt, then `after` chunks of another, judged on the last `after - 1` (as a fresh stream is
+    judged after its first chunk), for each way of taking up the change."""
+    scenes = held_out_scenes(2 * pairs)
+    out: dict = {"pairs": pairs, "chunks_before": before, "chunks_after": after}
+    for mode in PROMPT_CHANGES:
+        rows = []
+        for k in range(pairs):
+            old, new = scenes[2 * k], scenes[2 * k + 1]
+            steering = Steering(model, model.encode_prompt(old.caption), seed=500 + k, mode=mode)
+            for _ in range(before):
+                model.generate_chunk(*steering.next(), ltc=True)
+            steering.set(model.encode_prompt(new.caption))
+            video = np.concatenate([model.generate_chunk(*steering.next(), ltc=True).frames for _ in range(after)])
+            rows.append(check_fidelity(video[model.frames_per_chunk:], new))
+        out[mode] = by_kind(rows)
+    out["default"] = getattr(model, "prompt_change", "blend")
+    return out
 
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}

@@ -18,7 +18,7 @@ from ...device import resolve_device
 from ...errors import ConfigError, ModelNotFoundError
 from ...ltc import LTCConfig, LTCWeights, OnlineLTC, calibrate, make_key, sample
 from ..base import ChunkResult, VideoModel
-from .networks import Autoencoder, Denoiser, NetConfig
+from .networks import Autoencoder, Denoiser, NetConfig, context_baseline
 from .text import shared_text_encoder
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,10 @@ def sigma_schedule(steps: int) -> torch.Tensor:
 
 
 class DefaultModel(VideoModel):
+    # A new prompt starts a fresh context (ltc_stream.stream.Steering): with the previous chunk's
+    # latents kept, the background follows a new prompt 30% of the time; cut, 65% (model card)
+    prompt_change = "cut"
+
     def __init__(self, folder: Path, device: str | torch.device = "auto", steps: int | None = None,
                  use_teacher: bool = False, online_refresh: int = 0):
         folder = Path(folder)
@@ -139,6 +143,8 @@ class DefaultModel(VideoModel):
             self.ltc_weights = self.online.update(info.trajectory)
         else:
             latents, info = sample(den, x_T, self.sigmas, weights)
+        if self.net.residual_context and state.context is not None:  # sampled as the change from the context
+            latents = latents + context_baseline(state.context, latents.shape[2])
         t1 = time.perf_counter()
         frames = self.decode(latents)
         t2 = time.perf_counter()

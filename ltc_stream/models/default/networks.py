@@ -34,6 +34,9 @@ class NetConfig:
     cross_attn: bool = False  # token cross-attention in the half-resolution blocks (new models: True)
     self_attn: bool = False  # self-attention over the chunk's half-resolution positions (global context)
     rel_pos: bool = False  # learned relative-position bias (frames, rows, columns) in that self-attention
+    # the chunk is diffused as its difference from the context's last latent frame (repeated over the
+    # chunk's frames): what stays the same across the boundary is 0 to the denoiser and is kept exactly
+    residual_context: bool = False
     heads: int = 4
 
     def to_dict(self) -> dict:
@@ -233,6 +236,18 @@ class ChunkSelfAttention(_ChunkAttention):
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         bias = self._bias(*shape).to(q.dtype) if self.rel_bias is not None else None
         return F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), attn_mask=bias)
+
+
+def context_baseline(context: torch.Tensor | None, frames: int, keep: torch.Tensor | None = None):
+    """With `residual_context`, what a chunk is diffused relative to: the context's last latent
+    frame [B, C, 1, h, w] repeated over `frames`, zero for samples without context (`keep` False,
+    or no context at all: a stream's first chunk is diffused as itself). Returns None for none."""
+    if context is None:
+        return None
+    base = context[:, :, -1:].expand(-1, -1, frames, -1, -1)
+    if keep is not None:
+        base = base * keep.view(-1, 1, 1, 1, 1).to(base.dtype)
+    return base
 
 
 class Denoiser(nn.Module):

@@ -24,7 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from ...errors import ConfigError
-from .networks import Autoencoder, Denoiser, NetConfig
+from .networks import Autoencoder, Denoiser, NetConfig, context_baseline
 from .text import shared_text_encoder
 from .world import object_coverage, render, sample_scene
 
@@ -179,6 +179,15 @@ def split_clip(latents: torch.Tensor, net: NetConfig) -> tuple[torch.Tensor, tor
     return latents[:, :, : net.context_frames], latents[:, :, net.context_frames:]
 
 
+def diffused_chunk(x0: torch.Tensor, clean_context: torch.Tensor, keep: torch.Tensor, net: NetConfig) -> torch.Tensor:
+    """What the denoiser learns to generate: the chunk itself, or with `net.residual_context` its
+    change from the clean context's last frame (clean: at run time the context is the model's own
+    output, which the sampler adds back; samples trained without context stay themselves)."""
+    if not net.residual_context:
+        return x0
+    return x0 - context_baseline(clean_context, x0.shape[2], keep)
+
+
 def augment_context(context: torch.Tensor, gen: torch.Generator, drop_rate: float = 0.15):
     """Noise the context a little (the model must cope with its own imperfect chunks) and drop it
     for some samples (the first chunk of a stream has none). Returns (context or None, keep mask)."""
@@ -224,8 +233,9 @@ def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainCo
         step = start + local
         _cosine_lr(opt, local, total, base_lr)
         idx = torch.randint(len(latents), (cfg.teacher_batch,), generator=gen)
-        context, x0 = split_clip(latents[idx], net)
-        context, keep = augment_context(context, gen, cfg.context_drop)
+        clean, x0 = split_clip(latents[idx], net)
+        context, keep = augment_context(clean, gen, cfg.context_drop)
+        x0 = diffused_chunk(x0, clean, keep, net)
         # half logit-normal (detail), half uniform: the high-noise end, where the prompt decides the
         # layout and colours, gets its share of training
         logit_normal = torch.sigmoid(torch.randn(cfg.teacher_batch, generator=gen))
@@ -512,7 +522,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="reuse the autoencoder and teacher already in --output when they were trained with the same settings; "
                              "a teacher trained for fewer --teacher-steps is trained on from where it stopped")
-    for name in ("clips", "ae_steps", "teacher_steps", "distil_steps", "student_steps"):
+    for name in ("clips", "ae_steps", "teacher_steps", "distil_trajectories", "distil_steps", "student_steps"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     parser.add_argument("--init-from", type=Path, default=None,
                         help="reuse this folder's autoencoder and start the teacher from its weights where names and shapes "
@@ -522,6 +532,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rel-pos", action=argparse.BooleanOptionalAction, default=None,
                         help="learned relative-position bias (frames, rows, columns) in the chunk self-attention "
                              "(default: off; with --resume, the folder's own)")
+    parser.add_argument("--residual-context", action=argparse.BooleanOptionalAction, default=None,
+                        help="diffuse each chunk as its change from the previous chunk's last latent frame, so what does "
+                             "not change across the boundary is kept exactly (default: off, or the folder's with --resume)")
     parser.add_argument("--context-drop", type=float, default=None,
                         help="share of training samples without the previous chunk's latents (default 0.5)")
     parser.add_argument("--object-weight", type=float, default=None,
@@ -533,7 +546,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="classifier-free guidance scale distilled into the student (default 5.0)")
 
 
-_RESUME_ADOPTS = ("teacher_steps", "distil_steps", "student_steps", "context_drop", "object_weight", "motion_weight",
+_RESUME_ADOPTS = ("teacher_steps", "distil_trajectories", "distil_steps", "student_steps", "context_drop", "object_weight", "motion_weight",
                   "guidance")
 
 
@@ -553,7 +566,7 @@ def main(args: argparse.Namespace) -> int:
         for name in _RESUME_ADOPTS:
             if getattr(args, name, None) is None and isinstance(saved.get(name), (int, float)):
                 setattr(cfg, name, type(getattr(cfg, name))(saved[name]))
-    for name in ("clips", "ae_steps", "teacher_steps", "distil_steps", "student_steps"):
+    for name in ("clips", "ae_steps", "teacher_steps", "distil_trajectories", "distil_steps", "student_steps"):
         value = getattr(args, name)
         if value is not None:
             if value < 1:
@@ -568,11 +581,14 @@ def main(args: argparse.Namespace) -> int:
     if args.size % 8 or not 32 <= args.size <= 512:
         raise ConfigError(f"--size must be a multiple of 8 between 32 and 512, got {args.size}")
     rel_pos = args.rel_pos if args.rel_pos is not None else bool(saved_net.get("rel_pos", False))
-    net = NetConfig(height=args.size, width=args.size, cross_attn=True, self_attn=args.self_attn, rel_pos=rel_pos)
+    residual = (args.residual_context if args.residual_context is not None
+                else bool(saved_net.get("residual_context", False)))
+    net = NetConfig(height=args.size, width=args.size, cross_attn=True, self_attn=args.self_attn, rel_pos=rel_pos,
+                    residual_context=residual)
     if args.quick:
         net = NetConfig(height=args.size, width=args.size, ae_widths=(8, 8, 16), width0=16, width1=16,
                         blocks0=1, blocks1=1, cond_dim=32, text_queries=2, cross_attn=True, self_attn=args.self_attn,
-                        rel_pos=rel_pos)
+                        rel_pos=rel_pos, residual_context=residual)
     if args.init_from is not None and not (args.init_from / "ltc_model.json").is_file():
         raise ConfigError(f"--init-from {args.init_from}: not a default-model folder (no ltc_model.json)")
     train(cfg, net, args.output, resume=args.resume, init_from=args.init_from)
