@@ -546,8 +546,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="classifier-free guidance scale distilled into the student (default 5.0)")
 
 
-_RESUME_ADOPTS = ("teacher_steps", "distil_trajectories", "distil_steps", "student_steps", "context_drop", "object_weight", "motion_weight",
-                  "guidance")
+_RESUME_ADOPTS = ("teacher_steps", "distil_trajectories", "distil_steps", "student_steps", "context_drop",
+                  "object_weight", "motion_weight", "guidance")
 
 
 def main(args: argparse.Namespace) -> int:
