@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
-from .stream import Steering
+from .stream import PROMPT_CHANGE_OPTIONS, Steering
 
 
 def parse_timed_prompts(specs: list[str]) -> list[tuple[float, str]]:
@@ -103,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--no-ltc", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--on-prompt-change", choices=["auto", "cut", "blend"], default="auto",
+    parser.add_argument("--on-prompt-change", choices=PROMPT_CHANGE_OPTIONS, default="auto",
                         help="cut: a new prompt starts a fresh scene; blend: the scene morphs over two chunks; "
                              "auto: the model's choice (the default model cuts)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -119,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, device=args.device)
     frames, info = render(model, prompts, args.seconds, ltc=not args.no_ltc, seed=args.seed,
-                          prompt_change=None if args.on_prompt_change == "auto" else args.on_prompt_change)
+                          prompt_change=args.on_prompt_change)
     write_video(args.output, frames, model.fps)
     print(json.dumps({"output": str(args.output), "ltc": not args.no_ltc, **info}))
     return 0

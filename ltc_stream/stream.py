@@ -55,17 +55,19 @@ class PromptBlender:
 
 
 PROMPT_CHANGES = ("cut", "blend")
+PROMPT_CHANGE_OPTIONS = ("auto", *PROMPT_CHANGES)  # what --on-prompt-change accepts; auto: the model's choice
 
 
 class Steering:
     """The causal state and the prompt embedding for each next chunk of one stream, and how a
     new prompt is taken up: "blend" (same state, embedding blended over `blend_chunks`) or "cut"
-    (a fresh state from the next chunk, the new embedding at once). `mode` None: the model's own
-    `prompt_change` ("blend" unless it says otherwise). Not thread-safe: callers lock."""
+    (a fresh state from the next chunk, the new embedding at once). `mode` None or "auto": the
+    model's own `prompt_change` ("blend" unless it says otherwise). Not thread-safe: callers lock."""
 
     def __init__(self, model: VideoModel, embedding: torch.Tensor, *, seed: int = 0, mode: str | None = None,
                  blend_chunks: int = 2):
-        mode = mode or getattr(model, "prompt_change", "blend")
+        if mode in (None, "auto"):
+            mode = getattr(model, "prompt_change", "blend")
         if mode not in PROMPT_CHANGES:
             raise ConfigError(f"prompt change must be one of {', '.join(PROMPT_CHANGES)}, got {mode!r}")
         self.model, self.seed, self.mode = model, seed, mode
@@ -156,7 +158,6 @@ class StreamGenerator:
         self._prompt_received = time.perf_counter()
         self._steering = Steering(model, model.encode_prompt(prompt), seed=seed, mode=prompt_change,
                                   blend_chunks=blend_chunks)
-        self.prompt_change = self._steering.mode
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None

@@ -27,7 +27,7 @@ from websockets.http11 import Request, Response
 
 from ltc_stream.errors import ConfigError, LTCStreamError
 from ltc_stream.models.base import VideoModel
-from ltc_stream.stream import DEFAULT_PROMPT, StreamGenerator
+from ltc_stream.stream import DEFAULT_PROMPT, PROMPT_CHANGE_OPTIONS, StreamGenerator
 
 from .metrics import Metrics
 from .track import FramePump, PacedVideoTrack
@@ -57,7 +57,7 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024  # larger messages are refused with an error
     queue_chunks: int = 2
     blend_chunks: int = 2
-    prompt_change: str | None = None  # cut | blend; None: the model's own (ltc_stream.stream.Steering)
+    prompt_change: str = "auto"  # cut | blend | auto: the model's own (ltc_stream.stream.Steering)
     threads: int | None = None  # torch threads for generation (default: cores - 1)
     video_bitrate: int = 1_500_000
 
@@ -72,7 +72,7 @@ class ServerConfig:
             raise ConfigError(f"--max-viewers must be between 1 and 1000, got {self.max_viewers}")
         if self.fps is not None and not 1 <= self.fps <= 60:
             raise ConfigError(f"--fps must be between 1 and 60, got {self.fps}")
-        if self.prompt_change not in (None, "cut", "blend"):
+        if self.prompt_change not in PROMPT_CHANGE_OPTIONS:
             raise ConfigError(f"--on-prompt-change must be auto, cut or blend, got {self.prompt_change!r}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
@@ -408,7 +408,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt the stream starts with")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--on-prompt-change", choices=["auto", "cut", "blend"], default="auto",
+    parser.add_argument("--on-prompt-change", choices=PROMPT_CHANGE_OPTIONS, default="auto",
                         help="cut: a new prompt starts a fresh scene at the next chunk; blend: the scene morphs "
                              "into it over two chunks; auto: the model's choice (the default model cuts)")
 
@@ -421,7 +421,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = ServerConfig(host=args.host, port=args.port, fps=args.fps, mode=args.mode, steer=args.steer,
                        max_viewers=args.max_viewers, operator_token=args.operator_token, ltc=not args.no_ltc,
                        seed=args.seed, prompt=args.prompt,
-                       prompt_change=None if args.on_prompt_change == "auto" else args.on_prompt_change)
+                       prompt_change=args.on_prompt_change)
     cfg.validate()
     options = {"steps": args.steps} if args.steps else {}
     print(f"loading model {args.model!r} ...", flush=True)

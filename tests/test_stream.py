@@ -52,6 +52,7 @@ def test_the_model_chooses_unless_told_and_bad_modes_are_refused():
     assert Steering(model, RED).mode == "blend"  # the base class default
     model.prompt_change = "cut"
     assert Steering(model, RED).mode == "cut"
+    assert Steering(model, RED, mode="auto").mode == "cut"  # what --on-prompt-change auto passes
     assert Steering(model, RED, mode="blend").mode == "blend"
     with pytest.raises(ConfigError, match="prompt change must be one of cut, blend"):
         Steering(model, RED, mode="fade")

@@ -580,15 +580,14 @@ def main(args: argparse.Namespace) -> int:
             setattr(cfg, name, value)
     if args.size % 8 or not 32 <= args.size <= 512:
         raise ConfigError(f"--size must be a multiple of 8 between 32 and 512, got {args.size}")
-    rel_pos = args.rel_pos if args.rel_pos is not None else bool(saved_net.get("rel_pos", False))
-    residual = (args.residual_context if args.residual_context is not None
-                else bool(saved_net.get("residual_context", False)))
-    net = NetConfig(height=args.size, width=args.size, cross_attn=True, self_attn=args.self_attn, rel_pos=rel_pos,
-                    residual_context=residual)
+    # network options off by default; with --resume, the folder's own unless given
+    options = {key: getattr(args, key) if getattr(args, key) is not None else bool(saved_net.get(key, False))
+               for key in ("rel_pos", "residual_context")}
+    net = NetConfig(height=args.size, width=args.size, cross_attn=True, self_attn=args.self_attn, **options)
     if args.quick:
         net = NetConfig(height=args.size, width=args.size, ae_widths=(8, 8, 16), width0=16, width1=16,
                         blocks0=1, blocks1=1, cond_dim=32, text_queries=2, cross_attn=True, self_attn=args.self_attn,
-                        rel_pos=rel_pos, residual_context=residual)
+                        **options)
     if args.init_from is not None and not (args.init_from / "ltc_model.json").is_file():
         raise ConfigError(f"--init-from {args.init_from}: not a default-model folder (no ltc_model.json)")
     train(cfg, net, args.output, resume=args.resume, init_from=args.init_from)
