@@ -13,9 +13,11 @@ from ltc_stream.models import load_model
 from ltc_stream.models.default import PACKAGED
 from ltc_stream.models.default.evaluate import calibrate_model, check_fidelity, held_out_scenes, read_video
 from ltc_stream.models.default.networks import Denoiser, NetConfig
-from ltc_stream.models.default.train import (TrainConfig, _init_teacher_from, _resumable_stage, denoiser_velocity,
-                                              diffused_chunk, latent_mask, motion_mse, train, weighted_mse)
-from ltc_stream.models.default.world import LINEAR_MOTIONS, Scene, object_coverage, parse_caption, render, sample_scene
+from ltc_stream.models.default.train import (LOG_STAGES, TrainConfig, _init_teacher_from, _resumable_stage, attribute_accuracy,
+                                              denoiser_velocity, diffused_chunk, embed_captions, held_out_attributes,
+                                              latent_mask, motion_mse, train, train_attributes, weighted_mse)
+from ltc_stream.models.default.world import (ATTRIBUTES, LINEAR_MOTIONS, Scene, object_coverage, parse_caption, render,
+                                             sample_scene, scene_attributes)
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +252,7 @@ def test_growing_the_teacher_with_self_attention_starts_as_the_same_function(qui
     original.load_state_dict(load_file(str(folder / "teacher.safetensors")))
     grown = Denoiser(dataclasses.replace(net, self_attn=True))
     copied, new = _init_teacher_from(grown, folder)
-    assert copied == len(original.state_dict()) and new > 0
+    assert copied == len(original.state_dict()) and new and all(k.startswith("attn.") for k in new)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, net.latent_channels, net.frames_per_chunk, net.height // 8, net.width // 8, generator=gen)
     tokens = torch.randn(2, net.max_tokens, net.text_dim, generator=gen)
@@ -414,3 +416,133 @@ def test_text_sensitivity_is_zero_for_a_denoiser_that_ignores_the_prompt(quick_f
     model.denoiser = Stub(True)
     reading = text_sensitivity(model, n_scenes=3)
     assert reading["direction_reversed"] > 0 and reading["object_colour_changed"] > 0
+
+
+def test_scene_attributes_are_what_the_caption_says():
+    for seed in range(300):
+        scene = sample_scene(seed)
+        named = {name: ATTRIBUTES[name][i] for name, i in zip(ATTRIBUTES, scene_attributes(scene))}
+        said = parse_caption(scene.caption)  # read back from the words alone
+        assert (named["colour"], named["shape"], named["motion"]) == (said["colour"], said["shape"], said["motion"])
+        assert named["background_colour_2"] == said["background"]  # the caption's last colour word
+        if scene.background == "plain":
+            assert named["background_colour"] == named["background_colour_2"]
+        assert (named["second_colour"] == "none") == (len(scene.objects) == 1)
+
+
+def test_text_attributes_start_as_the_same_function_and_learn_to_read_held_out_captions(quick_folder, tmp_path):
+    folder = quick_folder[0]
+    net = NetConfig.from_dict(json.loads((folder / "ltc_model.json").read_text())["net"])
+    with_attr = dataclasses.replace(net, attribute_classes=tuple(len(c) for c in ATTRIBUTES.values()))
+    plain, grown = Denoiser(net), Denoiser(with_attr)
+    gen = torch.Generator().manual_seed(3)
+    for p in plain.parameters():  # zero-initialised outputs would make the comparison trivial
+        p.data.normal_(0.0, 0.1, generator=gen)
+    missing = grown.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("attr_") for k in missing)
+    x = torch.randn(2, net.latent_channels, net.frames_per_chunk, net.height // 8, net.width // 8, generator=gen)
+    sigma = torch.tensor([0.9, 0.3])
+    tokens = embed_captions(["a red ball moving left on a blue background", "one green box spinning on pink"], net)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, sigma, tokens, None), plain(x, sigma, tokens, None))
+        torch.nn.init.normal_(grown.attr_proj.weight, std=0.5)
+        assert not torch.allclose(grown(x, sigma, tokens, None), plain(x, sigma, tokens, None))
+
+    # the auxiliary loss teaches the adapter to read captions it never saw (ground truth from the scenes)
+    scenes = [sample_scene(seed) for seed in range(1500)]
+    train_tokens, labels = embed_captions([s.caption for s in scenes], net), torch.tensor([scene_attributes(s) for s in scenes])
+    check_tokens, check_labels = held_out_attributes(200, net)
+    model = Denoiser(dataclasses.replace(with_attr, cond_dim=128, text_queries=4))  # the shipped adapter's size
+    before = attribute_accuracy(model, check_tokens, check_labels)
+    train_attributes(model, train_tokens, labels, dataclasses.replace(TrainConfig.quick(), attribute_steps=1000), [])
+    after = attribute_accuracy(model, check_tokens, check_labels)
+    # chance is 1/10 for colours, 1/8 for motions; a background colour is harder to place (gradients
+    # and stripes name two: a full training run's adapter reads it right 72% of the time over all kinds)
+    for name, least in (("colour", 0.85), ("motion", 0.85), ("background_colour", 0.5)):
+        assert before[name] < 0.4 and after[name] > least, (name, before[name], after[name])
+
+    # grown by train(): the adapter is trained first, then frozen through the teacher and the student
+    out = tmp_path / "attributes"
+    summary = train(TrainConfig.quick(), with_attr, out, init_from=folder)
+    teacher, student = load_file(str(out / "teacher.safetensors")), load_file(str(out / "student.safetensors"))
+    attr_keys = [k for k in teacher if k.startswith(("attr_text.", "attr_head."))]
+    assert attr_keys and all(torch.equal(teacher[k], student[k]) for k in attr_keys)
+    assert set(summary["attribute_accuracy_held_out"]) == set(ATTRIBUTES)
+    assert (np.load(out / "loss_log.npy")[:, 0] == LOG_STAGES.index("attributes")).any()
+    loaded = load_model(str(out), device="cpu")
+    assert loaded.denoiser.cfg.attribute_classes == with_attr.attribute_classes
+
+
+def test_motion_conv_starts_as_the_same_function_and_reaches_the_previous_frames_neighbours(quick_folder):
+    net = NetConfig.from_dict(json.loads((quick_folder[0] / "ltc_model.json").read_text())["net"])
+    plain, grown = Denoiser(net), Denoiser(dataclasses.replace(net, motion_conv=True))
+    gen = torch.Generator().manual_seed(4)
+    for p in plain.parameters():
+        p.data.normal_(0.0, 0.1, generator=gen)
+    missing = grown.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(".motion." in k for k in missing)
+    x = torch.randn(2, net.latent_channels, net.frames_per_chunk, net.height // 8, net.width // 8, generator=gen)
+    tokens = torch.randn(2, net.max_tokens, net.text_dim, generator=gen)
+    sigma = torch.tensor([0.9, 0.3])
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, sigma, tokens, None), plain(x, sigma, tokens, None))
+
+    # one block: without the motion conv, frame t sees frame t-1 only at the same position (the
+    # temporal conv is 3x1x1, the spatial one stays in its frame); with it, also at the diagonal neighbour
+    from ltc_stream.models.default.networks import FiLMBlock
+
+    def reach(block):
+        h = torch.randn(1, 8, 4, 6, 6, generator=gen, requires_grad=True)
+        block(h, torch.zeros(1, 4))[0, :, 2, 3, 3].sum().backward()
+        return h.grad[0, :, 1].abs().sum(0)  # [rows, columns] of frame 1 that reach frame 2's (3, 3)
+
+    for motion in (False, True):
+        block = FiLMBlock(8, 4, motion=motion)
+        for p in block.parameters():
+            p.data.normal_(0.0, 0.3, generator=gen)
+        block.norm = torch.nn.Identity()  # group statistics would connect every position to every other
+        seen = reach(block)
+        assert seen[3, 3] > 0
+        # the spatial conv runs before the temporal ones, so frame t-1 is reached 1 pixel around
+        # through it; the motion conv adds a second pixel
+        assert (seen[1, 1] > 0) == motion and (seen[5, 5] > 0) == motion
+
+
+def test_adaptive_output_and_cross_attention_drop(quick_folder):
+    net = NetConfig.from_dict(json.loads((quick_folder[0] / "ltc_model.json").read_text())["net"])
+    plain, grown = Denoiser(net), Denoiser(dataclasses.replace(net, adaptive_output=True))
+    gen = torch.Generator().manual_seed(5)
+    for p in plain.parameters():
+        p.data.normal_(0.0, 0.1, generator=gen)
+    missing = grown.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("out_film.") for k in missing)
+    x = torch.randn(3, net.latent_channels, net.frames_per_chunk, net.height // 8, net.width // 8, generator=gen)
+    tokens = torch.randn(3, net.max_tokens, net.text_dim, generator=gen)
+    sigma = torch.tensor([0.9, 0.5, 0.3])
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, sigma, tokens, None), plain(x, sigma, tokens, None))
+        # a shift of the output norm moves each output channel's mean over the whole picture
+        grown.out_film.bias[grown.cfg.width0:] = 1.0
+        changed = grown(x, sigma, tokens, None) - plain(x, sigma, tokens, None)
+        assert changed.mean(dim=(2, 3, 4)).abs().min() > 0
+
+        # cross_keep False: that sample's cross-attention sees only the null token, as if every
+        # prompt token were masked; the FiLM path still sees the prompt; other samples are untouched
+        originals = [c.forward for c in plain.cross]
+        for c, f in zip(plain.cross, originals):
+            c.forward = (lambda f: lambda h, tok, mask: f(h, tok, torch.zeros_like(mask)))(f)
+        masked = plain(x, sigma, tokens, None)
+        for c, f in zip(plain.cross, originals):
+            c.forward = f
+        normal = plain(x, sigma, tokens, None)
+        keep = torch.tensor([True, False, True])
+        out = plain(x, sigma, tokens, None, keep)
+        torch.testing.assert_close(out[keep], normal[keep])
+        torch.testing.assert_close(out[~keep], masked[~keep])
+        assert not torch.allclose(masked[1], normal[1])
+        ctx = torch.randn(3, net.latent_channels, net.context_frames, net.height // 8, net.width // 8, generator=gen)
+        has_ctx = torch.tensor([True, True, False])
+        split = denoiser_velocity(plain, x, sigma, tokens, ctx, has_ctx, keep)
+        torch.testing.assert_close(split[0], plain(x[:1], sigma[:1], tokens[:1], ctx[:1], keep[:1])[0])
+        torch.testing.assert_close(split[1], plain(x[1:2], sigma[1:2], tokens[1:2], ctx[1:2], keep[1:2])[0])
+        torch.testing.assert_close(split[2], plain(x[2:], sigma[2:], tokens[2:], None, keep[2:])[0])

@@ -38,6 +38,16 @@ class NetConfig:
     # chunk's frames): what stays the same across the boundary is 0 to the denoiser and is kept exactly
     residual_context: bool = False
     heads: int = 4
+    # classes per scene attribute (world.ATTRIBUTES) read by a second text pooling trained with an
+    # auxiliary classification loss; its features join the FiLM condition. Empty: off
+    attribute_classes: tuple[int, ...] = ()
+    # a depthwise 3x3x3 (frame, row, column) convolution beside each block's temporal one: a channel
+    # can carry itself to a neighbouring position in the next frame, which is how things move
+    motion_conv: bool = False
+    # FiLM on the output norm (DiT's adaptive final layer): the condition can set the output's
+    # per-channel offset, which every group norm before it removes; without it, a colour that
+    # covers the whole picture has to come through the token cross-attention
+    adaptive_output: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,7 +55,7 @@ class NetConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "NetConfig":
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        for key in ("ae_widths",):
+        for key in ("ae_widths", "attribute_classes"):
             if key in known:
                 known[key] = tuple(known[key])
         return cls(**known)
@@ -135,9 +145,11 @@ class TextPooling(nn.Module):
 
 
 class FiLMBlock(nn.Module):
-    """(2+1)-D residual block: spatial 3x3 conv, FiLM from the condition, temporal 3-tap conv."""
+    """(2+1)-D residual block: spatial 3x3 conv, FiLM from the condition, temporal 3-tap conv;
+    with `motion`, also a depthwise 3x3x3 conv (each channel moved by its own learned kernel, so
+    the condition moves things by choosing channels). New outputs are zero-initialised."""
 
-    def __init__(self, width: int, cond_dim: int):
+    def __init__(self, width: int, cond_dim: int, motion: bool = False):
         super().__init__()
         self.norm = nn.GroupNorm(8, width)
         self.spatial = nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1))
@@ -145,12 +157,20 @@ class FiLMBlock(nn.Module):
         self.temporal = nn.Conv3d(width, width, (3, 1, 1), padding=(1, 0, 0))
         nn.init.zeros_(self.temporal.weight)
         nn.init.zeros_(self.temporal.bias)
+        self.motion = None
+        if motion:  # created last: blocks without it draw the same initialisation as before
+            self.motion = nn.Conv3d(width, width, 3, padding=1, groups=width)
+            nn.init.zeros_(self.motion.weight)
+            nn.init.zeros_(self.motion.bias)
 
     def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         scale, shift = self.film(cond)[:, :, None, None, None].chunk(2, dim=1)
         y = self.spatial(F.silu(self.norm(h)))
         y = F.silu(y * (1 + scale) + shift)
-        return h + self.temporal(y)
+        out = self.temporal(y)
+        if self.motion is not None:
+            out = out + self.motion(y)
+        return h + out
 
 
 class _ChunkAttention(nn.Module):
@@ -264,25 +284,52 @@ class Denoiser(nn.Module):
         self.cond_mlp = nn.Sequential(nn.SiLU(), nn.Linear(cfg.cond_dim, cfg.cond_dim))
         self.frame_pos = nn.Parameter(torch.zeros(1, w0, cfg.frames_per_chunk, 1, 1))
         self.inp = nn.Conv3d(in_ch, w0, (1, 3, 3), padding=(0, 1, 1))
-        self.down_blocks = nn.ModuleList(FiLMBlock(w0, cfg.cond_dim) for _ in range(cfg.blocks0))
+        self.down_blocks = nn.ModuleList(FiLMBlock(w0, cfg.cond_dim, cfg.motion_conv) for _ in range(cfg.blocks0))
         self.down = nn.Conv3d(w0, w1, (1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
-        self.mid_blocks = nn.ModuleList(FiLMBlock(w1, cfg.cond_dim) for _ in range(cfg.blocks1))
+        self.mid_blocks = nn.ModuleList(FiLMBlock(w1, cfg.cond_dim, cfg.motion_conv) for _ in range(cfg.blocks1))
         self.cross = nn.ModuleList(TokenCrossAttention(w1, cfg.text_dim, cfg.heads) for _ in range(cfg.blocks1)) \
             if cfg.cross_attn else None
         span = (cfg.frames_per_chunk, cfg.height // 16, cfg.width // 16) if cfg.rel_pos else None
         self.attn = nn.ModuleList(ChunkSelfAttention(w1, cfg.heads, span) for _ in range(cfg.blocks1)) \
             if cfg.self_attn else None
         self.up = nn.ConvTranspose3d(w1, w0, (1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
-        self.up_blocks = nn.ModuleList(FiLMBlock(w0, cfg.cond_dim) for _ in range(cfg.blocks0))
+        self.up_blocks = nn.ModuleList(FiLMBlock(w0, cfg.cond_dim, cfg.motion_conv) for _ in range(cfg.blocks0))
         self.out_norm = nn.GroupNorm(8, w0)
         self.out = nn.Conv3d(w0, c, (1, 3, 3), padding=(0, 1, 1))
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        # Created last, so networks without them draw the same initialisation as before.
+        self.out_film = None
+        if cfg.adaptive_output:
+            self.out_film = nn.Linear(cfg.cond_dim, 2 * w0)
+            nn.init.zeros_(self.out_film.weight)
+            nn.init.zeros_(self.out_film.bias)
+        self.attr_text = self.attr_head = self.attr_proj = None
+        if cfg.attribute_classes:
+            self.attr_text = TextPooling(cfg)
+            self.attr_head = nn.Linear(cfg.cond_dim, sum(cfg.attribute_classes))
+            self.attr_proj = nn.Linear(cfg.cond_dim, cfg.cond_dim)
+            nn.init.zeros_(self.attr_proj.weight)  # adding it to a trained network starts as the same function
+            nn.init.zeros_(self.attr_proj.bias)
+
+    def attribute_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The prompt read for the scene's attributes: [B, cond_dim]."""
+        return F.silu(self.attr_text(tokens))
+
+    def attribute_logits(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Per attribute (world.ATTRIBUTES order), logits [B, classes] of what the prompt says."""
+        return list(self.attr_head(self.attribute_features(tokens)).split(list(self.cfg.attribute_classes), dim=1))
 
     def condition(self, sigma: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return self.cond_mlp(self.text(tokens) + self.sigma_mlp(sigma_embedding(sigma, self.cfg.cond_dim)))
+        cond = self.text(tokens) + self.sigma_mlp(sigma_embedding(sigma, self.cfg.cond_dim))
+        if self.attr_text is not None:
+            cond = cond + self.attr_proj(self.attribute_features(tokens))
+        return self.cond_mlp(cond)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, tokens: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, tokens: torch.Tensor, context: torch.Tensor | None,
+                cross_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """`cross_keep` [B] bool (training): False makes a sample's cross-attention see the empty
+        prompt, so the FiLM path has to carry the prompt alone."""
         b, c, t, hh, ww = x.shape
         if sigma.ndim == 0:
             sigma = sigma.expand(b)
@@ -299,6 +346,8 @@ class Denoiser(nn.Module):
         skip = h
         h = self.down(h)
         mask = tokens.abs().sum(-1) > 0
+        if cross_keep is not None:
+            mask = mask & cross_keep[:, None]
         for i, block in enumerate(self.mid_blocks):
             h = block(h, cond)
             if self.attn is not None:
@@ -308,4 +357,8 @@ class Denoiser(nn.Module):
         h = self.up(h) + skip
         for block in self.up_blocks:
             h = block(h, cond)
-        return self.out(F.silu(self.out_norm(h)))
+        h = self.out_norm(h)
+        if self.out_film is not None:
+            scale, shift = self.out_film(cond)[:, :, None, None, None].chunk(2, dim=1)
+            h = h * (1 + scale) + shift
+        return self.out(F.silu(h))

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from ...errors import ConfigError
 from .networks import Autoencoder, Denoiser, NetConfig, context_baseline
 from .text import shared_text_encoder
-from .world import object_coverage, render, sample_scene
+from .world import ATTRIBUTES, caption, object_coverage, render, sample_scene, scene_attributes
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "weights" / "default"
 
@@ -55,6 +55,13 @@ class TrainConfig:
     # weight of the motion loss (`motion_mse`): errors that differ from frame to frame, i.e. motion
     # drawn wrong; off: at 10 it did not beat the shipped weights (model card, "Tried and not shipped")
     motion_weight: float = 0.0
+    # with NetConfig.attribute_classes: steps x batch of captions for the text adapter's auxiliary
+    # classification (before the teacher; it is then frozen)
+    attribute_steps: int = 1500
+    attribute_batch: int = 64
+    # teacher: share of samples whose token cross-attention sees the empty prompt, so the FiLM path
+    # (pooled text, attributes) learns to carry the prompt too; 0 until the 2026-11-26 retrain
+    cross_attn_drop: float = 0.0
     guidance: float = 5.0  # distillation targets follow the teacher's classifier-free-guided ODE
     lr: float = 2e-3
     threads: int = 2
@@ -62,7 +69,7 @@ class TrainConfig:
     @classmethod
     def quick(cls) -> "TrainConfig":
         return cls(clips=24, ae_steps=60, ae_batch=8, teacher_steps=30, teacher_batch=4,
-                   distil_trajectories=8, distil_substeps=2, distil_steps=20, distil_batch=4)
+                   distil_trajectories=8, distil_substeps=2, distil_steps=20, distil_batch=4, attribute_steps=20)
 
 
 def student_sigmas(steps: int) -> torch.Tensor:
@@ -90,16 +97,68 @@ def make_dataset(cfg: TrainConfig, net: NetConfig) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(cfg.seed)
     frames = np.empty((cfg.clips, n_frames, net.height, net.width, 3), np.uint8)
     masks = np.empty((cfg.clips, n_frames, net.height // 8, net.width // 8), np.float32)
-    captions = []
+    captions, attributes = [], []
     for i in _progress(range(cfg.clips), cfg.clips, "render clips"):
         scene = sample_scene(int(rng.integers(2**31)))
         start = int(rng.integers(0, 400))
         frames[i] = render(scene, start, n_frames, net.height, net.width)
         masks[i] = latent_mask(object_coverage(scene, start, n_frames, net.height, net.width))
         captions.append(scene.caption)
+        attributes.append(scene_attributes(scene))
+    return {"frames": torch.from_numpy(frames), "tokens": embed_captions(captions, net), "captions": captions,
+            "masks": torch.from_numpy(masks), "attributes": torch.tensor(attributes)}
+
+
+def embed_captions(captions: list[str], net: NetConfig) -> torch.Tensor:
     encoder = shared_text_encoder(net.max_tokens)
-    tokens = torch.cat([encoder.encode_batch(captions[i:i + 256]) for i in range(0, len(captions), 256)])
-    return {"frames": torch.from_numpy(frames), "tokens": tokens, "captions": captions, "masks": torch.from_numpy(masks)}
+    return torch.cat([encoder.encode_batch(captions[i:i + 256]) for i in range(0, len(captions), 256)])
+
+
+ATTRIBUTE_CHECK_SEED = 1_500_000_000  # captions for the held-out check of the text adapter
+
+
+def attribute_accuracy(model: Denoiser, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Per attribute, the share of captions the text adapter reads right."""
+    with torch.no_grad():
+        logits = model.attribute_logits(tokens)
+    return {name: round(float((out.argmax(1) == labels[:, j]).float().mean()), 4)
+            for j, (name, out) in enumerate(zip(ATTRIBUTES, logits))}
+
+
+def held_out_attributes(n: int, net: NetConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` scenes with seeds and wording never drawn in training: token states and attributes."""
+    scenes = [sample_scene(ATTRIBUTE_CHECK_SEED + i) for i in range(n)]
+    for i, scene in enumerate(scenes):
+        scene.caption = caption(scene, np.random.default_rng(ATTRIBUTE_CHECK_SEED - 1 - i))
+    return embed_captions([s.caption for s in scenes], net), torch.tensor([scene_attributes(s) for s in scenes])
+
+
+def freeze_attributes(model: Denoiser) -> Denoiser:
+    """The text adapter's attribute reading stays as its auxiliary loss trained it."""
+    for module in (model.attr_text, model.attr_head):
+        if module is not None:
+            module.requires_grad_(False)
+    return model
+
+
+def train_attributes(model: Denoiser, tokens: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, log: list) -> None:
+    """Auxiliary loss for the text adapter: from a caption's token states, classify each of the
+    scene's attributes (cross-entropy summed over attributes). The flow loss alone barely teaches
+    the adapter to tell one colour word from another (it sees them through a few pixels of noisy
+    picture); with this, the FiLM condition carries what the caption says from the first teacher
+    step. Trains only `attr_text` and `attr_head`."""
+    gen = torch.Generator().manual_seed(cfg.seed + 5)
+    params = list(model.attr_text.parameters()) + list(model.attr_head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    for step in _progress(range(cfg.attribute_steps), cfg.attribute_steps, "text attributes"):
+        _cosine_lr(opt, step, cfg.attribute_steps, cfg.lr)
+        idx = torch.randint(len(tokens), (cfg.attribute_batch,), generator=gen)
+        logits = model.attribute_logits(tokens[idx])
+        loss = sum(F.cross_entropy(out, labels[idx, j]) for j, out in enumerate(logits))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log.append(("attributes", step, loss.item()))
 
 
 def latent_mask(coverage: np.ndarray) -> np.ndarray:
@@ -200,18 +259,19 @@ def augment_context(context: torch.Tensor, gen: torch.Generator, drop_rate: floa
     return noisy, keep
 
 
-def denoiser_velocity(model: Denoiser, x, sigma, tokens, context, keep) -> torch.Tensor:
+def denoiser_velocity(model: Denoiser, x, sigma, tokens, context, keep, cross_keep=None) -> torch.Tensor:
     """Velocity with per-sample context dropping (a zero context plus a zero flag). The two groups
     run as two smaller batches (every layer is per-sample, so this equals running the whole batch
-    both ways and selecting, at half the cost)."""
+    both ways and selecting, at half the cost). `cross_keep`: see `Denoiser.forward`."""
     if keep.all():
-        return model(x, sigma, tokens, context)
+        return model(x, sigma, tokens, context, cross_keep)
     if not keep.any():
-        return model(x, sigma, tokens, None)
+        return model(x, sigma, tokens, None, cross_keep)
     sigma = sigma.expand(len(x)) if sigma.ndim == 0 else sigma
+    part = (lambda rows: None) if cross_keep is None else (lambda rows: cross_keep[rows])
     out = torch.empty_like(x)
-    out[keep] = model(x[keep], sigma[keep], tokens[keep], context[keep]).to(out.dtype)
-    out[~keep] = model(x[~keep], sigma[~keep], tokens[~keep], None).to(out.dtype)
+    out[keep] = model(x[keep], sigma[keep], tokens[keep], context[keep], part(keep)).to(out.dtype)
+    out[~keep] = model(x[~keep], sigma[~keep], tokens[~keep], None, part(~keep)).to(out.dtype)
     return out
 
 
@@ -247,7 +307,10 @@ def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainCo
         text = tokens[idx]
         drop = torch.rand(len(idx), generator=gen) < cfg.text_dropout
         text = torch.where(drop.view(-1, 1, 1), torch.zeros_like(text), text)  # the empty prompt
-        v = denoiser_velocity(model, x, sigma, text, context, keep)
+        cross_keep = None
+        if cfg.cross_attn_drop:
+            cross_keep = torch.rand(len(idx), generator=gen) >= cfg.cross_attn_drop
+        v = denoiser_velocity(model, x, sigma, text, context, keep, cross_keep)
         loss = flow_loss(v, noise - x0, sigma, masks[idx] if masks is not None else None, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -319,13 +382,16 @@ def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: lis
 
 
 # ------------------------------------------------------------------------------------------------
+LOG_STAGES = ("ae", "teacher", "distil", "attributes")  # loss_log.npy's first column indexes this
+
+
 def save_loss_curves(log: list, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stages = [s for s in ("ae", "teacher", "distil") if any(r[0] == s for r in log)]
+    stages = [s for s in LOG_STAGES if any(r[0] == s for r in log)]
     fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3.2), squeeze=False)
     for ax, stage in zip(axes[0], stages):
         steps = np.array([r[1] for r in log if r[0] == stage])
@@ -342,15 +408,14 @@ def save_loss_curves(log: list, path: Path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     np.save(path.with_name("loss_log.npy"),
-            np.array([(["ae", "teacher", "distil"].index(s), st, l) for s, st, l in log], dtype=np.float64).reshape(-1, 3))
+            np.array([(LOG_STAGES.index(s), st, l) for s, st, l in log], dtype=np.float64).reshape(-1, 3))
 
 
 def load_loss_log(out: Path, stages: tuple[str, ...]) -> list:
     path = out / "loss_log.npy"
     if not path.is_file():
         return []
-    names = ["ae", "teacher", "distil"]
-    return [(names[int(s)], int(st), float(l)) for s, st, l in np.load(path) if names[int(s)] in stages]
+    return [(LOG_STAGES[int(s)], int(st), float(l)) for s, st, l in np.load(path) if LOG_STAGES[int(s)] in stages]
 
 
 def save_folder(out: Path, net: NetConfig, ae: Autoencoder, teacher: Denoiser | None, student: Denoiser | None,
@@ -380,8 +445,8 @@ _STAGES = ("ae", "teacher", "distilled")
 
 
 _AE_NET_KEYS = ("height", "width", "latent_channels", "ae_widths")
-_TEACHER_LOSS_KEYS = ("text_dropout", "context_drop", "object_weight", "motion_weight")
-_LOSS_KEYS_ADDED = {"motion_weight": 0.0}  # folders written before a key existed were trained with this
+_TEACHER_LOSS_KEYS = ("text_dropout", "context_drop", "object_weight", "motion_weight", "cross_attn_drop")
+_LOSS_KEYS_ADDED = {"motion_weight": 0.0, "cross_attn_drop": 0.0}  # folders written before a key existed were trained with this
 
 
 def _same_autoencoder(meta: dict, cfg: TrainConfig, net: NetConfig) -> bool:
@@ -425,17 +490,17 @@ def _load_into(module: torch.nn.Module, path: Path) -> None:
     module.load_state_dict(load_file(str(path)))
 
 
-def _init_teacher_from(teacher: Denoiser, folder: Path) -> tuple[int, int]:
+def _init_teacher_from(teacher: Denoiser, folder: Path) -> tuple[int, list[str]]:
     """Copy every tensor of `folder`'s teacher whose name and shape match (growing a network:
     new modules keep their initialisation, zero-initialised outputs make them start as the
-    identity). Returns (tensors copied, tensors left new)."""
+    identity). Returns (tensors copied, names of the tensors left new)."""
     from safetensors.torch import load_file
 
     source = load_file(str(folder / "teacher.safetensors"))
     own = teacher.state_dict()
     copied = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
     teacher.load_state_dict(copied, strict=False)
-    return len(copied), len(own) - len(copied)
+    return len(copied), [k for k in own if k not in copied]
 
 
 def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, init_from: Path | None = None) -> dict:
@@ -461,7 +526,7 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
     if start:
         print(f"[train-default] the teacher in {out} has {start} steps: training it on to {cfg.teacher_steps}")
     if done is not None:
-        log.extend(load_loss_log(ae_folder, ("ae", "teacher") if done != "ae" else ("ae",)))
+        log.extend(load_loss_log(ae_folder, ("ae", "teacher", "attributes") if done != "ae" else ("ae",)))
         if not log and (out / "loss_curves.png").is_file():  # folder from before the log was saved
             (out / "loss_curves.png").replace(out / "loss_curves_ae_teacher.png")
     data = make_dataset(cfg, net)
@@ -483,21 +548,26 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
         _load_into(teacher, out / "teacher.safetensors")
         teacher.eval()
     else:
+        new_attributes = bool(net.attribute_classes) and not start
         if start:
             _load_into(teacher, out / "teacher.safetensors")
             log[:] = [r for r in log if r[0] != "teacher" or r[1] < start]
         elif init_from is not None:
             copied, new = _init_teacher_from(teacher, init_from)
-            print(f"[train-default] teacher initialised from {init_from}: {copied} tensors copied, {new} new")
-        teacher = train_teacher(teacher, latents, data["tokens"], net, cfg, log, start=start,
+            print(f"[train-default] teacher initialised from {init_from}: {copied} tensors copied, {len(new)} new")
+            new_attributes = new_attributes and any(k.startswith(("attr_text.", "attr_head.")) for k in new)
+        if new_attributes:
+            log[:] = [r for r in log if r[0] != "attributes"]
+            train_attributes(teacher, data["tokens"], data["attributes"], cfg, log)
+        teacher = train_teacher(freeze_attributes(teacher), latents, data["tokens"], net, cfg, log, start=start,
                                 warm=init_from is not None, masks=chunk_masks)
         save_folder(out, net, ae, teacher, None, cfg, "teacher")
         save_loss_curves(log, out / "loss_curves.png")
     print(f"[train-default] teacher done at {time.time() - t0:.0f} s")
 
     records = teacher_trajectories(teacher, latents, data["tokens"], net, cfg)
-    student = train_student(copy.deepcopy(teacher).requires_grad_(True), records, data["tokens"], cfg, log,
-                            masks=chunk_masks)
+    student = train_student(freeze_attributes(copy.deepcopy(teacher).requires_grad_(True)), records, data["tokens"], cfg,
+                            log, masks=chunk_masks)
     elapsed = time.time() - t0
     summary = {
         "seconds": round(elapsed, 1),
@@ -507,6 +577,9 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
         "final_loss": {s: float(np.mean([r[2] for r in log if r[0] == s][-50:])) for s in ("ae", "teacher", "distil")
                        if any(r[0] == s for r in log)},
     }
+    if net.attribute_classes:
+        summary["attribute_accuracy_held_out"] = attribute_accuracy(student, *held_out_attributes(500, net))
+        print(f"[train-default] text adapter on 500 held-out captions: {summary['attribute_accuracy_held_out']}")
     save_folder(out, net, ae, teacher, student, cfg, "distilled", {"training": summary})
     save_loss_curves(log, out / "loss_curves.png")
     print(f"[train-default] done in {elapsed:.0f} s: {json.dumps(summary['final_loss'])}")
@@ -535,6 +608,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--residual-context", action=argparse.BooleanOptionalAction, default=None,
                         help="diffuse each chunk as its change from the previous chunk's last latent frame, so what does "
                              "not change across the boundary is kept exactly (default: off, or the folder's with --resume)")
+    parser.add_argument("--motion-conv", action=argparse.BooleanOptionalAction, default=None,
+                        help="a depthwise 3x3x3 convolution beside each denoiser block's temporal one (things can move "
+                             "from frame to frame; default: off, or the folder's with --resume)")
+    parser.add_argument("--adaptive-output", action=argparse.BooleanOptionalAction, default=None,
+                        help="FiLM on the denoiser's output norm, so the prompt can set a colour over the whole picture "
+                             "(default: off, or the folder's with --resume)")
+    parser.add_argument("--cross-attn-drop", type=float, default=None,
+                        help="share of teacher samples whose cross-attention sees the empty prompt (default 0)")
+    parser.add_argument("--text-attributes", action=argparse.BooleanOptionalAction, default=None,
+                        help="a second text pooling, trained first to classify the scene's attributes from the caption "
+                             "(auxiliary loss, then frozen), feeds the denoiser's condition (default: off, or the folder's "
+                             "with --resume)")
     parser.add_argument("--context-drop", type=float, default=None,
                         help="share of training samples without the previous chunk's latents (default 0.5)")
     parser.add_argument("--object-weight", type=float, default=None,
@@ -547,7 +632,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _RESUME_ADOPTS = ("teacher_steps", "distil_trajectories", "distil_steps", "student_steps", "context_drop",
-                  "object_weight", "motion_weight", "guidance")
+                  "object_weight", "motion_weight", "cross_attn_drop", "guidance")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -572,7 +657,8 @@ def main(args: argparse.Namespace) -> int:
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
             setattr(cfg, name, value)
-    for name, low, high in (("guidance", 1, 20), ("context_drop", 0, 1), ("object_weight", 0, 100), ("motion_weight", 0, 100)):
+    for name, low, high in (("guidance", 1, 20), ("context_drop", 0, 1), ("object_weight", 0, 100), ("motion_weight", 0, 100),
+                            ("cross_attn_drop", 0, 1)):
         value = getattr(args, name)
         if value is not None:
             if not low <= value <= high:
@@ -582,7 +668,9 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--size must be a multiple of 8 between 32 and 512, got {args.size}")
     # network options off by default; with --resume, the folder's own unless given
     options = {key: getattr(args, key) if getattr(args, key) is not None else bool(saved_net.get(key, False))
-               for key in ("rel_pos", "residual_context")}
+               for key in ("rel_pos", "residual_context", "motion_conv", "adaptive_output")}
+    text_attributes = args.text_attributes if args.text_attributes is not None else bool(saved_net.get("attribute_classes"))
+    options["attribute_classes"] = tuple(len(classes) for classes in ATTRIBUTES.values()) if text_attributes else ()
     net = NetConfig(height=args.size, width=args.size, cross_attn=True, self_attn=args.self_attn, **options)
     if args.quick:
         net = NetConfig(height=args.size, width=args.size, ae_widths=(8, 8, 16), width0=16, width1=16,

@@ -242,6 +242,36 @@ def object_coverage(scene: Scene, start: int, n_frames: int, height: int = 128, 
     return out
 
 
+# What the denoiser's text adapter learns to read from a caption (`Denoiser.attribute_logits`,
+# trained with an auxiliary loss before the teacher): each attribute's classes, in order.
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "colour": tuple(COLOURS),
+    "shape": tuple(SHAPES),
+    "motion": tuple(MOTIONS),
+    "speed": tuple(SPEEDS),  # "normal" for motions that are not linear (their captions name no speed)
+    "background": BACKGROUND_KINDS,
+    "background_colour": tuple(COLOURS),
+    "background_colour_2": tuple(COLOURS),  # the first colour again for plain backgrounds
+    "second_colour": ("none", *COLOURS),  # the second object's colour, if there is one
+}
+
+
+def scene_attributes(scene: Scene) -> list[int]:
+    """`scene`'s class index for each of `ATTRIBUTES`, in order."""
+    obj = scene.main
+    values = {
+        "colour": obj.colour,
+        "shape": obj.shape,
+        "motion": obj.motion,
+        "speed": obj.speed if obj.motion in LINEAR_MOTIONS else "normal",
+        "background": scene.background,
+        "background_colour": scene.bg_colours[0],
+        "background_colour_2": scene.bg_colours[-1],
+        "second_colour": scene.objects[1].colour if len(scene.objects) > 1 else "none",
+    }
+    return [ATTRIBUTES[name].index(values[name]) for name in ATTRIBUTES]
+
+
 def parse_caption(text: str) -> dict[str, str | None]:
     """Ground truth read back from a caption written by `caption` (used by tests and the
     evaluation): the first object's colour, shape, motion and the first background colour."""
