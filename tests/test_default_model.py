@@ -418,6 +418,18 @@ def test_text_sensitivity_is_zero_for_a_denoiser_that_ignores_the_prompt(quick_f
     assert reading["direction_reversed"] > 0 and reading["object_colour_changed"] > 0
 
 
+def _plain_and_grown(folder, seed: int, **change):
+    """The quick folder's denoiser with random weights, and the same grown by `change` (new tensors
+    at their initialisation). Returns net, plain, grown, the grown-only tensor names, generator."""
+    net = NetConfig.from_dict(json.loads((folder / "ltc_model.json").read_text())["net"])
+    plain, grown = Denoiser(net), Denoiser(dataclasses.replace(net, **change))
+    gen = torch.Generator().manual_seed(seed)
+    for p in plain.parameters():  # zero-initialised outputs would make the comparison trivial
+        p.data.normal_(0.0, 0.1, generator=gen)
+    missing = grown.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    return net, plain, grown, missing, gen
+
+
 def test_scene_attributes_are_what_the_caption_says():
     for seed in range(300):
         scene = sample_scene(seed)
@@ -432,13 +444,9 @@ def test_scene_attributes_are_what_the_caption_says():
 
 def test_text_attributes_start_as_the_same_function_and_learn_to_read_held_out_captions(quick_folder, tmp_path):
     folder = quick_folder[0]
-    net = NetConfig.from_dict(json.loads((folder / "ltc_model.json").read_text())["net"])
-    with_attr = dataclasses.replace(net, attribute_classes=tuple(len(c) for c in ATTRIBUTES.values()))
-    plain, grown = Denoiser(net), Denoiser(with_attr)
-    gen = torch.Generator().manual_seed(3)
-    for p in plain.parameters():  # zero-initialised outputs would make the comparison trivial
-        p.data.normal_(0.0, 0.1, generator=gen)
-    missing = grown.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    classes = tuple(len(c) for c in ATTRIBUTES.values())
+    net, plain, grown, missing, gen = _plain_and_grown(folder, 3, attribute_classes=classes)
+    with_attr = grown.cfg
     assert missing and all(k.startswith("attr_") for k in missing)
     x = torch.randn(2, net.latent_channels, net.frames_per_chunk, net.height // 8, net.width // 8, generator=gen)
     sigma = torch.tensor([0.9, 0.3])
@@ -474,12 +482,7 @@ def test_text_attributes_start_as_the_same_function_and_learn_to_read_held_out_c
 
 
 def test_motion_conv_starts_as_the_same_function_and_reaches_the_previous_frames_neighbours(quick_folder):
-    net = NetConfig.from_dict(json.loads((quick_folder[0] / "ltc_model.json").read_text())["net"])
-    plain, grown = Denoiser(net), Denoiser(dataclasses.replace(net, motion_conv=True))
-    gen = torch.Generator().manual_seed(4)
-    for p in plain.parameters():
-        p.data.normal_(0.0, 0.1, generator=gen)
-    missing = grown.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    net, plain, grown, missing, gen = _plain_and_grown(quick_folder[0], 4, motion_conv=True)
     assert missing and all(".motion." in k for k in missing)
     x = torch.randn(2, net.latent_channels, net.frames_per_chunk, net.height // 8, net.width // 8, generator=gen)
     tokens = torch.randn(2, net.max_tokens, net.text_dim, generator=gen)
@@ -509,12 +512,7 @@ def test_motion_conv_starts_as_the_same_function_and_reaches_the_previous_frames
 
 
 def test_adaptive_output_and_cross_attention_drop(quick_folder):
-    net = NetConfig.from_dict(json.loads((quick_folder[0] / "ltc_model.json").read_text())["net"])
-    plain, grown = Denoiser(net), Denoiser(dataclasses.replace(net, adaptive_output=True))
-    gen = torch.Generator().manual_seed(5)
-    for p in plain.parameters():
-        p.data.normal_(0.0, 0.1, generator=gen)
-    missing = grown.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    net, plain, grown, missing, gen = _plain_and_grown(quick_folder[0], 5, adaptive_output=True)
     assert missing and all(k.startswith("out_film.") for k in missing)
     x = torch.randn(3, net.latent_channels, net.frames_per_chunk, net.height // 8, net.width // 8, generator=gen)
     tokens = torch.randn(3, net.max_tokens, net.text_dim, generator=gen)
