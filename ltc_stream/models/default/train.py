@@ -586,6 +586,17 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
     return summary
 
 
+# NetConfig switches with a flag of the same name: off by default, the folder's own with --resume
+_NETWORK_SWITCHES = {
+    "rel_pos": "learned relative-position bias (frames, rows, columns) in the chunk self-attention",
+    "residual_context": "diffuse each chunk as its change from the previous chunk's last latent frame, so what does "
+                        "not change across the boundary is kept exactly",
+    "motion_conv": "a depthwise 3x3x3 convolution beside each denoiser block's temporal one (things can move "
+                   "from frame to frame)",
+    "adaptive_output": "FiLM on the denoiser's output norm, so the prompt can set a colour over the whole picture",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="folder to write (default: the packaged weights)")
     parser.add_argument("--seed", type=int, default=0)
@@ -602,18 +613,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "match (to grow the network, e.g. with --self-attn)")
     parser.add_argument("--self-attn", action=argparse.BooleanOptionalAction, default=True,
                         help="self-attention over the chunk's half-resolution positions in the denoiser (default: on)")
-    parser.add_argument("--rel-pos", action=argparse.BooleanOptionalAction, default=None,
-                        help="learned relative-position bias (frames, rows, columns) in the chunk self-attention "
-                             "(default: off; with --resume, the folder's own)")
-    parser.add_argument("--residual-context", action=argparse.BooleanOptionalAction, default=None,
-                        help="diffuse each chunk as its change from the previous chunk's last latent frame, so what does "
-                             "not change across the boundary is kept exactly (default: off, or the folder's with --resume)")
-    parser.add_argument("--motion-conv", action=argparse.BooleanOptionalAction, default=None,
-                        help="a depthwise 3x3x3 convolution beside each denoiser block's temporal one (things can move "
-                             "from frame to frame; default: off, or the folder's with --resume)")
-    parser.add_argument("--adaptive-output", action=argparse.BooleanOptionalAction, default=None,
-                        help="FiLM on the denoiser's output norm, so the prompt can set a colour over the whole picture "
-                             "(default: off, or the folder's with --resume)")
+    for key, text in _NETWORK_SWITCHES.items():
+        parser.add_argument("--" + key.replace("_", "-"), action=argparse.BooleanOptionalAction, default=None,
+                            help=text + " (default: off, or the folder's with --resume)")
     parser.add_argument("--cross-attn-drop", type=float, default=None,
                         help="share of teacher samples whose cross-attention sees the empty prompt (default 0)")
     parser.add_argument("--text-attributes", action=argparse.BooleanOptionalAction, default=None,
@@ -668,7 +670,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--size must be a multiple of 8 between 32 and 512, got {args.size}")
     # network options off by default; with --resume, the folder's own unless given
     options = {key: getattr(args, key) if getattr(args, key) is not None else bool(saved_net.get(key, False))
-               for key in ("rel_pos", "residual_context", "motion_conv", "adaptive_output")}
+               for key in _NETWORK_SWITCHES}
     text_attributes = args.text_attributes if args.text_attributes is not None else bool(saved_net.get("attribute_classes"))
     options["attribute_classes"] = tuple(len(classes) for classes in ATTRIBUTES.values()) if text_attributes else ()
     net = NetConfig(height=args.size, width=args.size, cross_attn=True, self_attn=args.self_attn, **options)
