@@ -544,3 +544,59 @@ def test_adaptive_output_and_cross_attention_drop(quick_folder):
         torch.testing.assert_close(split[0], plain(x[:1], sigma[:1], tokens[:1], ctx[:1], keep[:1])[0])
         torch.testing.assert_close(split[1], plain(x[1:2], sigma[1:2], tokens[1:2], ctx[1:2], keep[1:2])[0])
         torch.testing.assert_close(split[2], plain(x[2:], sigma[2:], tokens[2:], None, keep[2:])[0])
+
+
+def test_context_shift_offsets_whole_clips_and_reaches_teacher_and_distillation(quick_folder, monkeypatch):
+    from ltc_stream.models.default import train as train_module
+    from ltc_stream.models.default.networks import Autoencoder
+
+    # pixels: one RGB offset per clip, the same on every pixel and frame of it, within the bound
+    frames = torch.randint(30, 220, (6, 2, 8, 8, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    diff = train_module.shift_colours(frames, torch.Generator().manual_seed(1), levels=24).int() - frames.int()
+    per_clip = diff[:, :1, :1, :1]
+    assert torch.equal(diff, per_clip.expand_as(diff))
+    assert diff.abs().max() <= 24 and diff.abs().float().mean() > 3
+    assert len({tuple(row.tolist()) for row in per_clip.reshape(6, 3)}) == 6
+    white = torch.full((2, 1, 2, 2, 3), 250, dtype=torch.uint8)
+    assert train_module.shift_colours(white, torch.Generator().manual_seed(2), levels=24).max() <= 255
+
+    # latents: with a zero offset the shifted contexts are exactly the clips' own context latents
+    folder = quick_folder[0]
+    net = NetConfig.from_dict(json.loads((folder / "ltc_model.json").read_text())["net"])
+    ae = Autoencoder(net).eval()
+    ae.load_state_dict(load_file(str(folder / "autoencoder.safetensors")))
+    n_frames = net.context_frames + net.frames_per_chunk
+    clips = np.stack([render(sample_scene(s), 0, n_frames, net.height, net.width) for s in range(4)])
+    data = {"frames": torch.from_numpy(clips)}
+    latents = train_module.encode_clips(ae, data)
+    cfg = dataclasses.replace(TrainConfig.quick(), context_shift=1.0, context_drop=0.0, teacher_steps=3,
+                              distil_trajectories=4, distil_batch=2)
+    monkeypatch.setattr(train_module, "CONTEXT_SHIFT_LEVELS", 0.0)
+    torch.testing.assert_close(train_module.shifted_context_latents(ae, data, net, cfg), latents[:, :, : net.context_frames])
+    monkeypatch.setattr(train_module, "CONTEXT_SHIFT_LEVELS", 24.0)
+    shifted = train_module.shifted_context_latents(ae, data, net, cfg)
+    assert (shifted - latents[:, :, : net.context_frames]).abs().mean() > 0.05
+
+    # wiring: with a share of 1 every context the teacher and the trajectories see is a shifted row
+    seen = []
+    original = train_module.augment_context
+
+    def spy(context, gen, drop_rate=0.15):
+        seen.append(context.clone())
+        return original(context, gen, drop_rate)
+
+    monkeypatch.setattr(train_module, "augment_context", spy)
+    tokens = torch.randn(4, net.max_tokens, net.text_dim)
+    teacher = Denoiser(net)
+    train_module.train_teacher(teacher, latents, tokens, net, cfg, [], shifted=shifted)
+    train_module.teacher_trajectories(teacher, latents, tokens, net, cfg, shifted)
+    rows = torch.cat(seen)
+    assert len(rows) == 3 * cfg.teacher_batch + 2 * cfg.distil_batch
+
+    def distance(row, table):
+        return (table - row).abs().flatten(1).amax(1).min()
+
+    assert all(distance(r, shifted) == 0 and distance(r, latents[:, :, : net.context_frames]) > 0 for r in rows)
+    seen.clear()
+    train_module.train_teacher(teacher, latents, tokens, net, dataclasses.replace(cfg, context_shift=0.0), [], shifted=shifted)
+    assert all(distance(r, latents[:, :, : net.context_frames]) == 0 for r in seen)

@@ -62,6 +62,12 @@ class TrainConfig:
     # teacher: share of samples whose token cross-attention sees the empty prompt, so the FiLM path
     # (pooled text, attributes) learns to carry the prompt too; 0 until the 2026-11-26 retrain
     cross_attn_drop: float = 0.0
+    # teacher and distillation: share of samples with context whose context frames have their colours
+    # shifted (one random RGB offset per clip, up to CONTEXT_SHIFT_LEVELS) while the chunk to draw keeps
+    # the true ones. A stream's own context drifts (background error 20 -> 25 levels per channel over
+    # four chunks, model card): the model should take the colours from the prompt, not copy the drift.
+    # 0 (off) until a run shows it helps
+    context_shift: float = 0.0
     guidance: float = 5.0  # distillation targets follow the teacher's classifier-free-guided ODE
     lr: float = 2e-3
     threads: int = 2
@@ -70,6 +76,9 @@ class TrainConfig:
     def quick(cls) -> "TrainConfig":
         return cls(clips=24, ae_steps=60, ae_batch=8, teacher_steps=30, teacher_batch=4,
                    distil_trajectories=8, distil_substeps=2, distil_steps=20, distil_batch=4, attribute_steps=20)
+
+
+CONTEXT_SHIFT_LEVELS = 24.0  # largest colour offset per channel (0-255 levels) of a shifted context
 
 
 def student_sigmas(steps: int) -> torch.Tensor:
@@ -219,18 +228,46 @@ def train_autoencoder(ae: Autoencoder, data, cfg: TrainConfig, log: list) -> Non
 
 
 @torch.no_grad()
-def encode_clips(ae: Autoencoder, data) -> torch.Tensor:
-    """All clips -> latents [N, C, T, h, w], and sets the autoencoder's latent scale to their std."""
-    ae.latent_scale.fill_(1.0)
-    frames = data["frames"]
+def _encode_frames(ae: Autoencoder, frames: torch.Tensor) -> torch.Tensor:
+    """Pixel clips [N, T, H, W, 3] (0-255) -> unscaled latents [N, C, T, h, w]."""
     out = []
     for i in range(0, len(frames), 32):
-        x = to_unit(frames[i:i + 32].flatten(0, 1))
-        z = ae.encoder(x)
+        z = ae.encoder(to_unit(frames[i:i + 32].flatten(0, 1)))
         out.append(z.reshape(-1, frames.shape[1], *z.shape[1:]).movedim(2, 1))
-    latents = torch.cat(out)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_clips(ae: Autoencoder, data) -> torch.Tensor:
+    """All clips -> latents [N, C, T, h, w], and sets the autoencoder's latent scale to their std."""
+    latents = _encode_frames(ae, data["frames"])
     ae.latent_scale.fill_(float(latents.std()))
     return latents / ae.latent_scale
+
+
+def shift_colours(frames: torch.Tensor, gen: torch.Generator, levels: float = CONTEXT_SHIFT_LEVELS) -> torch.Tensor:
+    """uint8 clips [N, T, H, W, 3] -> the same clips with one random RGB offset per clip (uniform in
+    +-levels per channel), rounded and clipped to 0-255."""
+    offset = (torch.rand(len(frames), 1, 1, 1, 3, generator=gen) * 2 - 1) * levels
+    return (frames.float() + offset).round().clamp(0, 255).to(torch.uint8)
+
+
+@torch.no_grad()
+def shifted_context_latents(ae: Autoencoder, data, net: NetConfig, cfg: TrainConfig) -> torch.Tensor:
+    """Every clip's context frames, colour-shifted (`shift_colours`), encoded at the autoencoder's
+    latent scale: [N, C, Tc, h, w], rows indexed like the clips' latents."""
+    gen = torch.Generator().manual_seed(cfg.seed + 5)
+    shifted = shift_colours(data["frames"][:, : net.context_frames], gen, CONTEXT_SHIFT_LEVELS)
+    return _encode_frames(ae, shifted) / ae.latent_scale
+
+
+def shift_contexts(clean: torch.Tensor, shifted: torch.Tensor | None, share: float, gen: torch.Generator) -> torch.Tensor:
+    """The batch's contexts with a `share` of rows replaced by their colour-shifted version. No
+    random draw when off, so runs without the option are what they were."""
+    if shifted is None or share <= 0:
+        return clean
+    pick = torch.rand(len(clean), generator=gen) < share
+    return torch.where(pick.view(-1, 1, 1, 1, 1), shifted, clean)
 
 
 def split_clip(latents: torch.Tensor, net: NetConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,13 +313,14 @@ def denoiser_velocity(model: Denoiser, x, sigma, tokens, context, keep, cross_ke
 
 
 def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainConfig, log: list,
-                  start: int = 0, warm: bool = False, masks: torch.Tensor | None = None) -> Denoiser:
+                  start: int = 0, warm: bool = False, masks: torch.Tensor | None = None,
+                  shifted: torch.Tensor | None = None) -> Denoiser:
     """Rectified-flow matching: x_s = (1-s) x0 + s n, target velocity n - x0, s half logit-normal,
     half uniform. With `start` > 0 the model is a teacher already trained for `start` steps: it
     trains on for the remaining `cfg.teacher_steps - start` steps with a fresh warm-up and cosine at
     half the learning rate, its EMA starting from the loaded weights, new batches (the generator is
     seeded by `start`). `warm`: the model starts from trained weights (a grown network), so it also
-    trains at half the learning rate."""
+    trains at half the learning rate. `shifted`: colour-shifted contexts (`cfg.context_shift`)."""
     gen = torch.Generator().manual_seed(cfg.seed + 2 + start)
     ema = copy.deepcopy(model).requires_grad_(False)
     total = cfg.teacher_steps - start
@@ -294,6 +332,7 @@ def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainCo
         _cosine_lr(opt, local, total, base_lr)
         idx = torch.randint(len(latents), (cfg.teacher_batch,), generator=gen)
         clean, x0 = split_clip(latents[idx], net)
+        clean = shift_contexts(clean, None if shifted is None else shifted[idx], cfg.context_shift, gen)
         context, keep = augment_context(clean, gen, cfg.context_drop)
         x0 = diffused_chunk(x0, clean, keep, net)
         # half logit-normal (detail), half uniform: the high-noise end, where the prompt decides the
@@ -328,8 +367,11 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 
 @torch.no_grad()
-def teacher_trajectories(teacher: Denoiser, latents, tokens, net: NetConfig, cfg: TrainConfig):
-    """States of the teacher's fine Euler ODE solution at the student's sigmas, from fresh noise."""
+def teacher_trajectories(teacher: Denoiser, latents, tokens, net: NetConfig, cfg: TrainConfig,
+                         shifted: torch.Tensor | None = None):
+    """States of the teacher's fine Euler ODE solution at the student's sigmas, from fresh noise.
+    `shifted`: colour-shifted contexts (`cfg.context_shift`), so the student learns the teacher's
+    answer to a drifted context too."""
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     sig = student_sigmas(cfg.student_steps)
     records = []
@@ -337,6 +379,7 @@ def teacher_trajectories(teacher: Denoiser, latents, tokens, net: NetConfig, cfg
     for _ in _progress(range(n_batches), n_batches, "teacher trajectories"):
         idx = torch.randint(len(latents), (cfg.distil_batch,), generator=gen)
         context, x0 = split_clip(latents[idx], net)
+        context = shift_contexts(context, None if shifted is None else shifted[idx], cfg.context_shift, gen)
         context, keep = augment_context(context, gen, cfg.context_drop)
         x = torch.randn(x0.shape, generator=gen)
         states = [x]
@@ -445,8 +488,8 @@ _STAGES = ("ae", "teacher", "distilled")
 
 
 _AE_NET_KEYS = ("height", "width", "latent_channels", "ae_widths")
-_TEACHER_LOSS_KEYS = ("text_dropout", "context_drop", "object_weight", "motion_weight", "cross_attn_drop")
-_LOSS_KEYS_ADDED = {"motion_weight": 0.0, "cross_attn_drop": 0.0}  # folders written before a key existed were trained with this
+_TEACHER_LOSS_KEYS = ("text_dropout", "context_drop", "object_weight", "motion_weight", "cross_attn_drop", "context_shift")
+_LOSS_KEYS_ADDED = {"motion_weight": 0.0, "cross_attn_drop": 0.0, "context_shift": 0.0}  # folders written before a key existed were trained with this
 
 
 def _same_autoencoder(meta: dict, cfg: TrainConfig, net: NetConfig) -> bool:
@@ -542,6 +585,7 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
         ae.latent_scale.fill_(scale)
     print(f"[train-default] autoencoder done at {time.time() - t0:.0f} s; latent scale {float(ae.latent_scale):.3f}")
 
+    shifted = shifted_context_latents(ae.eval(), data, net, cfg) if cfg.context_shift else None
     chunk_masks = data["masks"][:, net.context_frames:]  # the chunk frames' object masks [N, T, h, w], indexed like latents
     teacher = Denoiser(net)
     if done in ("teacher", "distilled"):
@@ -560,12 +604,12 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
             log[:] = [r for r in log if r[0] != "attributes"]
             train_attributes(teacher, data["tokens"], data["attributes"], cfg, log)
         teacher = train_teacher(freeze_attributes(teacher), latents, data["tokens"], net, cfg, log, start=start,
-                                warm=init_from is not None, masks=chunk_masks)
+                                warm=init_from is not None, masks=chunk_masks, shifted=shifted)
         save_folder(out, net, ae, teacher, None, cfg, "teacher")
         save_loss_curves(log, out / "loss_curves.png")
     print(f"[train-default] teacher done at {time.time() - t0:.0f} s")
 
-    records = teacher_trajectories(teacher, latents, data["tokens"], net, cfg)
+    records = teacher_trajectories(teacher, latents, data["tokens"], net, cfg, shifted)
     student = train_student(freeze_attributes(copy.deepcopy(teacher).requires_grad_(True)), records, data["tokens"], cfg,
                             log, masks=chunk_masks)
     elapsed = time.time() - t0
@@ -624,6 +668,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with --resume)")
     parser.add_argument("--context-drop", type=float, default=None,
                         help="share of training samples without the previous chunk's latents (default 0.5)")
+    parser.add_argument("--context-shift", type=float, default=None,
+                        help="share of samples with context whose context frames get a random colour offset (up to "
+                             f"{CONTEXT_SHIFT_LEVELS:g} levels per channel) while the chunk keeps the true colours, so the "
+                             "model takes colours from the prompt rather than copying a drifted context (default 0)")
     parser.add_argument("--object-weight", type=float, default=None,
                         help="extra loss weight on latent pixels the objects cover (default 4; 0: plain MSE)")
     parser.add_argument("--motion-weight", type=float, default=None,
@@ -634,7 +682,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _RESUME_ADOPTS = ("teacher_steps", "distil_trajectories", "distil_steps", "student_steps", "context_drop",
-                  "object_weight", "motion_weight", "cross_attn_drop", "guidance")
+                  "object_weight", "motion_weight", "cross_attn_drop", "context_shift", "guidance")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -660,7 +708,7 @@ def main(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
             setattr(cfg, name, value)
     for name, low, high in (("guidance", 1, 20), ("context_drop", 0, 1), ("object_weight", 0, 100), ("motion_weight", 0, 100),
-                            ("cross_attn_drop", 0, 1)):
+                            ("cross_attn_drop", 0, 1), ("context_shift", 0, 1)):
         value = getattr(args, name)
         if value is not None:
             if not low <= value <= high:
