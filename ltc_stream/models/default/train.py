@@ -261,13 +261,14 @@ def shifted_context_latents(ae: Autoencoder, data, net: NetConfig, cfg: TrainCon
     return _encode_frames(ae, shifted) / ae.latent_scale
 
 
-def shift_contexts(clean: torch.Tensor, shifted: torch.Tensor | None, share: float, gen: torch.Generator) -> torch.Tensor:
-    """The batch's contexts with a `share` of rows replaced by their colour-shifted version. No
-    random draw when off, so runs without the option are what they were."""
+def shift_contexts(clean: torch.Tensor, shifted: torch.Tensor | None, idx: torch.Tensor, share: float,
+                   gen: torch.Generator) -> torch.Tensor:
+    """The batch's contexts (clips `idx`) with a `share` of rows replaced by their colour-shifted
+    version from `shifted`. No random draw when off, so runs without the option are what they were."""
     if shifted is None or share <= 0:
         return clean
     pick = torch.rand(len(clean), generator=gen) < share
-    return torch.where(pick.view(-1, 1, 1, 1, 1), shifted, clean)
+    return torch.where(pick.view(-1, 1, 1, 1, 1), shifted[idx], clean)
 
 
 def split_clip(latents: torch.Tensor, net: NetConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -332,7 +333,7 @@ def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainCo
         _cosine_lr(opt, local, total, base_lr)
         idx = torch.randint(len(latents), (cfg.teacher_batch,), generator=gen)
         clean, x0 = split_clip(latents[idx], net)
-        clean = shift_contexts(clean, None if shifted is None else shifted[idx], cfg.context_shift, gen)
+        clean = shift_contexts(clean, shifted, idx, cfg.context_shift, gen)
         context, keep = augment_context(clean, gen, cfg.context_drop)
         x0 = diffused_chunk(x0, clean, keep, net)
         # half logit-normal (detail), half uniform: the high-noise end, where the prompt decides the
@@ -379,7 +380,7 @@ def teacher_trajectories(teacher: Denoiser, latents, tokens, net: NetConfig, cfg
     for _ in _progress(range(n_batches), n_batches, "teacher trajectories"):
         idx = torch.randint(len(latents), (cfg.distil_batch,), generator=gen)
         context, x0 = split_clip(latents[idx], net)
-        context = shift_contexts(context, None if shifted is None else shifted[idx], cfg.context_shift, gen)
+        context = shift_contexts(context, shifted, idx, cfg.context_shift, gen)
         context, keep = augment_context(context, gen, cfg.context_drop)
         x = torch.randn(x0.shape, generator=gen)
         states = [x]
