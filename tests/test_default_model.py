@@ -378,6 +378,41 @@ def test_evaluate_reports_ltc_against_fewer_steps_and_sampler_angles(quick_folde
     assert model.sigmas.tolist() == torch.linspace(1, 0, model.steps + 1).tolist()  # restored after "fewer"
     sens = report["text_sensitivity"]
     assert sens["direction_reversed"] >= 0 and sens["object_colour_changed"] > 0 and np.isfinite(sens["ratio"])
+    fid = report["fidelity"]
+    assert [r["caption"] for r in fid["per_prompt"]] == [s.caption for s in held_out_scenes(2)]
+    assert sum(len(r["checks"]) for r in fid["per_prompt"]) == fid["checks"]
+    assert fid["ci95"][0] <= fid["accuracy"] <= fid["ci95"][1]
+
+
+def test_paired_difference_counts_the_checks_that_changed_and_brackets_them():
+    from ltc_stream.cli import main
+    from ltc_stream.models.default.evaluate import bootstrap_interval, paired_difference
+
+    rng = np.random.default_rng(3)
+    before = [{"caption": s.caption, "checks": {"background": bool(rng.random() < 0.7), "object": bool(rng.random() < 0.6)}}
+              for s in held_out_scenes(200)]
+    after = [{"caption": r["caption"], "checks": dict(r["checks"])} for r in before]
+    for r in after[:30]:  # 30 object checks fixed, 10 background checks broken: +20 of 400 checks
+        r["checks"]["object"] = True
+    for r in after[100:110]:
+        r["checks"]["background"] = False
+    gained = sum(1 for a, b in zip(before[:30], after[:30]) if not a["checks"]["object"])
+    lost = sum(1 for a in before[100:110] if a["checks"]["background"])
+    d = paired_difference(before, after)
+    assert (d["only_after"], d["only_before"], d["checks"]) == (gained, lost, 400)
+    assert d["difference"] == pytest.approx((gained - lost) / 400, abs=1e-3)
+    assert d["ci95"][0] <= d["difference"] <= d["ci95"][1] and d["ci95"][1] - d["ci95"][0] < 0.05
+    assert paired_difference(before, before)["ci95"] == [0.0, 0.0]
+    # the unpaired interval of one model is far wider than the paired one of two
+    lo, hi = bootstrap_interval(before)
+    assert hi - lo > 2 * (d["ci95"][1] - d["ci95"][0])
+    assert paired_difference(before[:60], after)["prompts"] == 60  # a shorter report compares on its prompts
+    shuffled = before[1:] + before[:1]
+    with pytest.raises(ConfigError, match="different prompts"):
+        paired_difference(shuffled, after)
+    with pytest.raises(ConfigError, match="nothing to compare"):
+        paired_difference([], after)
+    assert main(["eval-default", "--against", "/nonexistent/report.json"]) == 2
 
 
 def test_a_cut_on_prompt_change_is_exactly_a_fresh_stream_of_the_new_prompt(quick_folder):

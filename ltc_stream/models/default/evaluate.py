@@ -155,7 +155,9 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
             (boundary if (i + 1) % t == 0 else inside).append(float(d))
     checks = [v for r in rows for v in r["checks"].values()]
     report["fidelity"] = {"accuracy": round(float(np.mean(checks)), 3), "checks": len(checks),
-                          "by_kind": by_kind(rows), "prompts": n_prompts, "examples": rows[:6]}
+                          "ci95": bootstrap_interval(rows), "by_kind": by_kind(rows), "prompts": n_prompts,
+                          "examples": rows[:6],
+                          "per_prompt": [{"caption": r["caption"], "checks": r["checks"]} for r in rows]}
     report["continuity"] = {"boundary_change": round(float(np.mean(boundary)), 3),
                             "inside_change": round(float(np.mean(inside)), 3),
                             "ratio": round(float(np.mean(boundary) / max(1e-6, np.mean(inside))), 3)}
@@ -187,6 +189,65 @@ def by_kind(rows: list[dict]) -> dict:
     """Share of each kind of check passed over `check_fidelity` rows."""
     kinds = [k for k in ("background", "object", "direction") if any(k in r["checks"] for r in rows)]
     return {k: round(float(np.mean([r["checks"][k] for r in rows if k in r["checks"]])), 3) for k in kinds}
+
+
+def _accuracy(rows: list[dict], kind: str | None = None) -> float:
+    values = [v for r in rows for k, v in r["checks"].items() if kind in (None, k)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def bootstrap_interval(rows: list[dict], resamples: int = 2000, seed: int = 0) -> list[float]:
+    """95% interval of the share of checks passed, resampling prompts (a prompt's checks move together)."""
+    rng = np.random.default_rng(seed)
+    passed = np.array([sum(r["checks"].values()) for r in rows], np.float64)
+    counted = np.array([len(r["checks"]) for r in rows], np.float64)
+    idx = rng.integers(0, len(rows), size=(resamples, len(rows)))
+    shares = passed[idx].sum(1) / counted[idx].sum(1)
+    return [round(float(q), 3) for q in np.percentile(shares, [2.5, 97.5])]
+
+
+def paired_difference(before: list[dict], after: list[dict], resamples: int = 2000, seed: int = 0) -> dict:
+    """`after` minus `before` on the same prompts (rows with "caption" and "checks", as in a
+    report's `fidelity.per_prompt`), with a 95% interval from resampling prompts in pairs: the
+    two models' results on one prompt are correlated, so this is much tighter than comparing two
+    unpaired intervals. Compares the prompts both have (held-out prompts are the same for any
+    count, so a 60-prompt report compares with the first 60 of a 200-prompt one)."""
+    n = min(len(before), len(after))
+    if n == 0:
+        raise ConfigError("nothing to compare: a report has no per-prompt results")
+    for k in range(n):
+        if before[k]["caption"] != after[k]["caption"] or set(before[k]["checks"]) != set(after[k]["checks"]):
+            raise ConfigError(f"the reports were measured on different prompts (prompt {k}: "
+                              f"{before[k]['caption']!r} / {after[k]['caption']!r})")
+    a, b = before[:n], after[:n]
+    passed = np.array([[sum(r["checks"].values()) for r in a], [sum(r["checks"].values()) for r in b]], np.float64)
+    counted = np.array([len(r["checks"]) for r in a], np.float64)
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    diffs = (passed[1][idx].sum(1) - passed[0][idx].sum(1)) / counted[idx].sum(1)
+    kinds = [k for k in ("background", "object", "direction") if any(k in r["checks"] for r in a)]
+    pairs = [(ra["checks"][k], rb["checks"][k]) for ra, rb in zip(a, b) for k in ra["checks"]]
+    return {"prompts": n, "checks": len(pairs),
+            "before": round(_accuracy(a), 3), "after": round(_accuracy(b), 3),
+            "difference": round(_accuracy(b) - _accuracy(a), 3),
+            "ci95": [round(float(q), 3) for q in np.percentile(diffs, [2.5, 97.5])],
+            "by_kind": {k: round(_accuracy(b, k) - _accuracy(a, k), 3) for k in kinds},
+            "only_before": sum(1 for x, y in pairs if x and not y), "only_after": sum(1 for x, y in pairs if y and not x)}
+
+
+def load_report_rows(path: str) -> list[dict]:
+    """The per-prompt fidelity results of an `eval-default --output` report, or a clear error."""
+    try:
+        with open(path) as fh:
+            report = json.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"--against: no such report: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--against: {path} is not a JSON report ({err})") from None
+    rows = report.get("fidelity", {}).get("per_prompt") if isinstance(report, dict) else None
+    if not rows:
+        raise ConfigError(f"--against: {path} has no per-prompt results (written by an older eval-default?); "
+                          "measure that model again with --output")
+    return rows
 
 
 @torch.no_grad()
@@ -281,6 +342,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--output", help="also write the JSON here")
+    parser.add_argument("--against", metavar="REPORT",
+                        help="an earlier eval-default --output report (another model): add the paired "
+                             "fidelity difference on the prompts both measured, with its 95%% interval")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -288,6 +352,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.prompts < 1:
         raise ConfigError(f"--prompts must be >= 1, got {args.prompts}")
+    against = load_report_rows(args.against) if args.against else None  # fail before the long work
     torch.set_num_threads(args.threads)
     model = load_model(args.model, device="cpu")
     if args.calibrate:
@@ -295,6 +360,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"LTC calibrated: skip {w.skipped_steps}, angles {[None if a is None else round(a, 3) for a in w.angles]}",
               file=sys.stderr)
     report = evaluate(model, n_prompts=args.prompts, sizes=tuple(args.sizes))
+    if against is not None:
+        report["against"] = {"report": args.against, **paired_difference(against, report["fidelity"]["per_prompt"])}
+        d = report["against"]
+        print(f"fidelity against {args.against}: {d['before']:.1%} -> {d['after']:.1%} on {d['prompts']} prompts, "
+              f"difference {d['difference']:+.1%} (95% interval {d['ci95'][0]:+.1%} to {d['ci95'][1]:+.1%})",
+              file=sys.stderr)
     report["command"] = "ltc-stream eval-default " + " ".join(sys.argv[2:])
     text = json.dumps(report)
     if args.output:
