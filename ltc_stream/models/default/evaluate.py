@@ -187,8 +187,11 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
 
 def by_kind(rows: list[dict]) -> dict:
     """Share of each kind of check passed over `check_fidelity` rows."""
-    kinds = [k for k in ("background", "object", "direction") if any(k in r["checks"] for r in rows)]
-    return {k: round(float(np.mean([r["checks"][k] for r in rows if k in r["checks"]])), 3) for k in kinds}
+    return {k: round(_accuracy(rows, k), 3) for k in _kinds(rows)}
+
+
+def _kinds(rows: list[dict]) -> list[str]:
+    return [k for k in ("background", "object", "direction") if any(k in r["checks"] for r in rows)]
 
 
 def _accuracy(rows: list[dict], kind: str | None = None) -> float:
@@ -196,14 +199,21 @@ def _accuracy(rows: list[dict], kind: str | None = None) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def bootstrap_interval(rows: list[dict], resamples: int = 2000, seed: int = 0) -> list[float]:
-    """95% interval of the share of checks passed, resampling prompts (a prompt's checks move together)."""
-    rng = np.random.default_rng(seed)
-    passed = np.array([sum(r["checks"].values()) for r in rows], np.float64)
-    counted = np.array([len(r["checks"]) for r in rows], np.float64)
-    idx = rng.integers(0, len(rows), size=(resamples, len(rows)))
+def _passed(rows: list[dict]) -> np.ndarray:
+    return np.array([sum(r["checks"].values()) for r in rows], np.float64)
+
+
+def _prompt_bootstrap(passed: np.ndarray, counted: np.ndarray, resamples: int, seed: int) -> list[float]:
+    """95% interval of sum(passed) / sum(counted), resampling prompts (a prompt's checks move
+    together: one bad sample fails two or three), with a fixed seed so a report reproduces."""
+    idx = np.random.default_rng(seed).integers(0, len(passed), size=(resamples, len(passed)))
     shares = passed[idx].sum(1) / counted[idx].sum(1)
     return [round(float(q), 3) for q in np.percentile(shares, [2.5, 97.5])]
+
+
+def bootstrap_interval(rows: list[dict], resamples: int = 2000, seed: int = 0) -> list[float]:
+    """95% interval of the share of checks passed."""
+    return _prompt_bootstrap(_passed(rows), np.array([len(r["checks"]) for r in rows], np.float64), resamples, seed)
 
 
 def paired_difference(before: list[dict], after: list[dict], resamples: int = 2000, seed: int = 0) -> dict:
@@ -220,17 +230,13 @@ def paired_difference(before: list[dict], after: list[dict], resamples: int = 20
             raise ConfigError(f"the reports were measured on different prompts (prompt {k}: "
                               f"{before[k]['caption']!r} / {after[k]['caption']!r})")
     a, b = before[:n], after[:n]
-    passed = np.array([[sum(r["checks"].values()) for r in a], [sum(r["checks"].values()) for r in b]], np.float64)
     counted = np.array([len(r["checks"]) for r in a], np.float64)
-    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    diffs = (passed[1][idx].sum(1) - passed[0][idx].sum(1)) / counted[idx].sum(1)
-    kinds = [k for k in ("background", "object", "direction") if any(k in r["checks"] for r in a)]
     pairs = [(ra["checks"][k], rb["checks"][k]) for ra, rb in zip(a, b) for k in ra["checks"]]
     return {"prompts": n, "checks": len(pairs),
             "before": round(_accuracy(a), 3), "after": round(_accuracy(b), 3),
             "difference": round(_accuracy(b) - _accuracy(a), 3),
-            "ci95": [round(float(q), 3) for q in np.percentile(diffs, [2.5, 97.5])],
-            "by_kind": {k: round(_accuracy(b, k) - _accuracy(a, k), 3) for k in kinds},
+            "ci95": _prompt_bootstrap(_passed(b) - _passed(a), counted, resamples, seed),
+            "by_kind": {k: round(_accuracy(b, k) - _accuracy(a, k), 3) for k in _kinds(a)},
             "only_before": sum(1 for x, y in pairs if x and not y), "only_after": sum(1 for x, y in pairs if y and not x)}
 
 
