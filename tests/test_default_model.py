@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from ltc_stream.errors import ConfigError, ModelNotFoundError
 from ltc_stream.models import load_model
 from ltc_stream.models.default import PACKAGED
-from ltc_stream.models.default.evaluate import calibrate_model, check_fidelity, held_out_scenes, read_video
+from ltc_stream.models.default.evaluate import calibrate_model, check_fidelity, held_out_scenes, object_area, read_video
 from ltc_stream.models.default.networks import Denoiser, NetConfig
 from ltc_stream.models.default.train import (LOG_STAGES, TrainConfig, _init_teacher_from, _resumable_stage, attribute_accuracy,
                                               denoiser_velocity, diffused_chunk, embed_captions, held_out_attributes,
@@ -48,6 +48,20 @@ def test_pixel_checker_reads_ground_truth_videos_correctly():
     assert np.mean(checks) >= 0.98
     moving = [r for r, s in zip(rows, held_out_scenes(24)) if s.main.motion in LINEAR_MOTIONS]
     assert moving and all(r["checks"]["direction"] for r in moving)
+    # the object's size: the pixels the renderer itself covers (an independent count), and the
+    # generated-over-true ratio is 1 for the world's own videos and grows with a painted-over blob
+    for scene, row in zip(held_out_scenes(24), rows):
+        if row["checks"]["object"]:
+            covered = float((object_coverage(scene, 0, 16) > 0.5).sum(axis=(1, 2)).mean())
+            assert abs(row["seen"]["object_pixels"] - covered) <= 0.1 * covered + 20
+    assert object_area(rows)["ratio"] == 1.0
+    scene = held_out_scenes(1)[0]
+    video = render(scene, 0, 16)
+    grown = video.copy()
+    near = np.asarray(torch.nn.functional.max_pool2d(torch.from_numpy(object_coverage(scene, 0, 16))[:, None], 17, 1, 8))[:, 0] > 0.5
+    grown[near] = np.median(video[object_coverage(scene, 0, 16) > 0.5], axis=0).astype(np.uint8)
+    blob = check_fidelity(grown, scene)
+    assert blob["seen"]["object_pixels"] > 1.5 * blob["true_object_pixels"] and object_area([blob])["ratio"] > 1.5
     # and it is not fooled: a static frame repeated has no direction
     frozen = np.repeat(render(held_out_scenes(1)[0], 0, 1), 8, axis=0)
     assert read_video(frozen)["direction"] is None
@@ -382,6 +396,8 @@ def test_evaluate_reports_ltc_against_fewer_steps_and_sampler_angles(quick_folde
     assert [r["caption"] for r in fid["per_prompt"]] == [s.caption for s in held_out_scenes(2)]
     assert sum(len(r["checks"]) for r in fid["per_prompt"]) == fid["checks"]
     assert fid["ci95"][0] <= fid["accuracy"] <= fid["ci95"][1]
+    seen = [r["seen"]["object_pixels"] for r in fid["per_prompt"]]
+    assert fid["object_area"]["generated_px"] == pytest.approx(np.mean(seen), abs=0.1) and fid["object_area"]["true_px"] > 0
 
 
 def test_paired_difference_counts_the_checks_that_changed_and_brackets_them():

@@ -4,7 +4,8 @@
   and at larger sizes (the networks are convolutional; larger sizes measure throughput only);
 - fidelity: held-out scenes (seeds and wordings never used in training); the generated video is
   checked from pixels alone: background colour (border pixels), object colour (pixels far from the
-  background), direction of motion (the object's centroid track);
+  background), direction of motion (the object's centroid track); and the object's size against
+  the same scene's own render (`object_area`: a ratio above 1 means blobs larger than the objects);
 - continuity: mean frame-to-frame change at chunk boundaries over that inside chunks;
 - LTC: model calls per chunk with and without LTC, PSNR of the LTC video against the same
   model and noise without LTC;
@@ -42,7 +43,8 @@ def nearest_colour(rgb: np.ndarray) -> str:
 
 
 def read_video(frames: np.ndarray) -> dict:
-    """What the pixels say: background colour, object colour, direction of motion."""
+    """What the pixels say: background colour, object colour, direction of motion, and the object's
+    size: pixels per frame that differ from the background (the mask the other checks read)."""
     f = frames.astype(np.float32)
     border = np.concatenate([f[:, :3].reshape(-1, 3), f[:, -3:].reshape(-1, 3), f[:, :, :3].reshape(-1, 3), f[:, :, -3:].reshape(-1, 3)])
     bg = np.median(border, axis=0)
@@ -64,7 +66,8 @@ def read_video(frames: np.ndarray) -> dict:
         dx, dy = np.median([s[0] for s in steps]), np.median([s[1] for s in steps])
         if max(abs(dx), abs(dy)) > 0.3:
             direction = ("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("down" if dy > 0 else "up")
-    return {"background": nearest_colour(bg), "object": obj_colour, "direction": direction}
+    return {"background": nearest_colour(bg), "object": obj_colour, "direction": direction,
+            "object_pixels": round(float(mask.sum(axis=(1, 2)).mean()), 1)}
 
 
 def held_out_scenes(n: int) -> list:
@@ -81,12 +84,23 @@ def held_out_scenes(n: int) -> list:
 
 
 def check_fidelity(frames: np.ndarray, scene) -> dict:
+    """The checks, what the pixels say, and the object's size in the scene's own render at the same
+    size and length read the same way (`true_object_pixels`): a model that paints objects as
+    blobs larger than they are shows it there, even where its colours pass."""
     seen = read_video(frames)
     obj = scene.main
     checks = {"background": seen["background"] == scene.bg_colours[0], "object": seen["object"] == obj.colour}
     if obj.motion in LINEAR_MOTIONS:
         checks["direction"] = seen["direction"] == obj.motion
-    return {"caption": scene.caption, "seen": seen, "checks": checks}
+    truth = read_video(render(scene, 0, len(frames), frames.shape[1], frames.shape[2]))
+    return {"caption": scene.caption, "seen": seen, "checks": checks, "true_object_pixels": truth["object_pixels"]}
+
+
+def object_area(rows: list[dict]) -> dict:
+    """Mean object pixels per frame, generated and true, over `check_fidelity` rows, and their ratio."""
+    seen = float(np.mean([r["seen"]["object_pixels"] for r in rows]))
+    true = float(np.mean([r["true_object_pixels"] for r in rows]))
+    return {"generated_px": round(seen, 1), "true_px": round(true, 1), "ratio": round(seen / max(true, 1e-6), 3)}
 
 
 @torch.no_grad()
@@ -156,8 +170,8 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
     checks = [v for r in rows for v in r["checks"].values()]
     report["fidelity"] = {"accuracy": round(float(np.mean(checks)), 3), "checks": len(checks),
                           "ci95": bootstrap_interval(rows), "by_kind": by_kind(rows), "prompts": n_prompts,
-                          "examples": rows[:6],
-                          "per_prompt": [{"caption": r["caption"], "checks": r["checks"]} for r in rows]}
+                          "object_area": object_area(rows), "examples": rows[:6],
+                          "per_prompt": [{"caption": r["caption"], "checks": r["checks"], "seen": r["seen"]} for r in rows]}
     report["continuity"] = {"boundary_change": round(float(np.mean(boundary)), 3),
                             "inside_change": round(float(np.mean(inside)), 3),
                             "ratio": round(float(np.mean(boundary) / max(1e-6, np.mean(inside))), 3)}
