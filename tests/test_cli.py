@@ -63,6 +63,7 @@ def test_random_weight_models_refuse_to_run_without_the_flag():
     (("--context-drop", "1.5"), "--context-drop must be between 0 and 1"),
     (("--object-weight", "-1"), "--object-weight must be between 0 and 100"),
     (("--motion-weight", "101"), "--motion-weight must be between 0 and 100"),
+    (("--object-weight-sigma", "1.5"), "--object-weight-sigma must be between 0 and 1"),
 ])
 def test_train_default_refuses_bad_settings_in_one_line(tmp_path, args, message):
     out = run_cli("train-default", "--quick", "--output", str(tmp_path / "m"), *args)

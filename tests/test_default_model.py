@@ -15,7 +15,7 @@ from ltc_stream.models.default.evaluate import calibrate_model, check_fidelity, 
 from ltc_stream.models.default.networks import Denoiser, NetConfig
 from ltc_stream.models.default.train import (LOG_STAGES, TrainConfig, _init_teacher_from, _resumable_stage, attribute_accuracy,
                                               denoiser_velocity, diffused_chunk, embed_captions, held_out_attributes,
-                                              latent_mask, motion_mse, train, train_attributes, weighted_mse)
+                                              flow_loss, latent_mask, motion_mse, train, train_attributes, weighted_mse)
 from ltc_stream.models.default.world import (ATTRIBUTES, LINEAR_MOTIONS, Scene, object_coverage, parse_caption, render,
                                              sample_scene, scene_attributes)
 
@@ -97,6 +97,25 @@ def test_weighted_loss_weighs_object_errors_more():
     a, b = weighted_mse(v, on_object, mask, 4.0), weighted_mse(v, on_background, mask, 4.0)
     assert torch.isclose(a / b, torch.tensor(5.0))
     assert torch.isclose(weighted_mse(v, on_object, mask, 0.0), torch.nn.functional.mse_loss(v, on_object))
+
+
+def test_object_weight_by_sigma_weighs_only_the_low_noise_samples():
+    """flow_loss with `object_weight_sigma`: samples above it are plain MSE, the others keep the
+    weighting; computed by hand on two samples with one error each on the object's pixel."""
+    v = torch.zeros(2, 1, 1, 2, 2)
+    target = torch.zeros(2, 1, 1, 2, 2)
+    target[:, 0, 0, 0, 0] = 1.0  # each sample: error 1 on the object's pixel, 0 elsewhere
+    mask = torch.zeros(2, 1, 2, 2)
+    mask[:, 0, 0, 0] = 1.0
+    sigma = torch.tensor([0.2, 0.9])
+    cfg = TrainConfig(object_weight=4.0)
+    # weights: both samples 5 on the object pixel, 1 on the other three -> mean weight 2
+    assert torch.isclose(flow_loss(v, target, sigma, mask, cfg), torch.tensor((5 + 5) / 8 / 2))
+    cfg.object_weight_sigma = 0.5
+    # now only the first: weights 5, 1, 1, 1 and 1, 1, 1, 1 -> mean 1.5; errors 5 and 1 of 8 pixels
+    assert torch.isclose(flow_loss(v, target, sigma, mask, cfg), torch.tensor((5 + 1) / 8 / 1.5))
+    cfg.object_weight_sigma = 0.1  # no sample low enough: plain MSE
+    assert torch.isclose(flow_loss(v, target, sigma, mask, cfg), torch.nn.functional.mse_loss(v, target))
 
 
 def test_motion_loss_is_the_frame_to_frame_change_of_the_x0_error():

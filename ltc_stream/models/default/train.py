@@ -52,6 +52,12 @@ class TrainConfig:
     # flow-matching loss weight on latent pixels the objects cover, over the background's 1 (objects
     # are ~8% of the picture: unweighted, the loss barely sees them); 0 until the 2026-11-25 retrain
     object_weight: float = 4.0
+    # the object weighting only for samples at sigma <= this (1: every sigma). Where the noisy input
+    # leaves open whether an object is at a pixel, the weighted loss's minimiser is the weighted mean,
+    # which counts "object here" 1 + object_weight times: high-noise steps then paint object colour
+    # wherever an object might be, and objects come out as blobs ~3x their size (model card, O0/O2).
+    # At low noise the input shows where the objects are, and the weighted and plain minimisers agree.
+    object_weight_sigma: float = 1.0
     # weight of the motion loss (`motion_mse`): errors that differ from frame to frame, i.e. motion
     # drawn wrong; off: at 10 it did not beat the shipped weights (model card, "Tried and not shipped")
     motion_weight: float = 0.0
@@ -199,7 +205,10 @@ def motion_mse(v: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> to
 
 
 def flow_loss(v, target, sigma, mask, cfg: "TrainConfig") -> torch.Tensor:
-    """The teacher's and the student's loss: object-weighted MSE plus the weighted motion loss."""
+    """The teacher's and the student's loss: object-weighted MSE (the weighting only for samples at
+    sigma <= `cfg.object_weight_sigma`) plus the weighted motion loss. sigma [B]; mask [B, T, h, w]."""
+    if mask is not None and cfg.object_weight_sigma < 1:
+        mask = mask * (sigma <= cfg.object_weight_sigma).to(mask.dtype).view(-1, 1, 1, 1)
     loss = weighted_mse(v, target, mask, cfg.object_weight)
     if cfg.motion_weight:
         loss = loss + cfg.motion_weight * motion_mse(v, target, sigma)
@@ -489,8 +498,9 @@ _STAGES = ("ae", "teacher", "distilled")
 
 
 _AE_NET_KEYS = ("height", "width", "latent_channels", "ae_widths")
-_TEACHER_LOSS_KEYS = ("text_dropout", "context_drop", "object_weight", "motion_weight", "cross_attn_drop", "context_shift")
-_LOSS_KEYS_ADDED = {"motion_weight": 0.0, "cross_attn_drop": 0.0, "context_shift": 0.0}  # folders written before a key existed were trained with this
+_TEACHER_LOSS_KEYS = ("text_dropout", "context_drop", "object_weight", "object_weight_sigma", "motion_weight",
+                      "cross_attn_drop", "context_shift")
+_LOSS_KEYS_ADDED = {"motion_weight": 0.0, "cross_attn_drop": 0.0, "context_shift": 0.0, "object_weight_sigma": 1.0}  # folders written before a key existed were trained with this
 
 
 def _same_autoencoder(meta: dict, cfg: TrainConfig, net: NetConfig) -> bool:
@@ -675,6 +685,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model takes colours from the prompt rather than copying a drifted context (default 0)")
     parser.add_argument("--object-weight", type=float, default=None,
                         help="extra loss weight on latent pixels the objects cover (default 4; 0: plain MSE)")
+    parser.add_argument("--object-weight-sigma", type=float, default=None,
+                        help="apply the object weight only to samples at noise level sigma <= this (default 1: all); "
+                             "at high noise it makes objects blobs larger than they are (model card)")
     parser.add_argument("--motion-weight", type=float, default=None,
                         help="weight of the motion loss: frame-to-frame changes of the x0 error, so motion drawn the wrong "
                              "way costs more (default 0)")
@@ -683,7 +696,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _RESUME_ADOPTS = ("teacher_steps", "distil_trajectories", "distil_steps", "student_steps", "context_drop",
-                  "object_weight", "motion_weight", "cross_attn_drop", "context_shift", "guidance")
+                  "object_weight", "object_weight_sigma", "motion_weight", "cross_attn_drop", "context_shift", "guidance")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -709,7 +722,7 @@ def main(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
             setattr(cfg, name, value)
     for name, low, high in (("guidance", 1, 20), ("context_drop", 0, 1), ("object_weight", 0, 100), ("motion_weight", 0, 100),
-                            ("cross_attn_drop", 0, 1), ("context_shift", 0, 1)):
+                            ("cross_attn_drop", 0, 1), ("context_shift", 0, 1), ("object_weight_sigma", 0, 1)):
         value = getattr(args, name)
         if value is not None:
             if not low <= value <= high:
