@@ -500,7 +500,8 @@ _STAGES = ("ae", "teacher", "distilled")
 _AE_NET_KEYS = ("height", "width", "latent_channels", "ae_widths")
 _TEACHER_LOSS_KEYS = ("text_dropout", "context_drop", "object_weight", "object_weight_sigma", "motion_weight",
                       "cross_attn_drop", "context_shift")
-_LOSS_KEYS_ADDED = {"motion_weight": 0.0, "cross_attn_drop": 0.0, "context_shift": 0.0, "object_weight_sigma": 1.0}  # folders written before a key existed were trained with this
+# folders written before a key existed were trained with this value
+_LOSS_KEYS_ADDED = {"motion_weight": 0.0, "cross_attn_drop": 0.0, "context_shift": 0.0, "object_weight_sigma": 1.0}
 
 
 def _same_autoencoder(meta: dict, cfg: TrainConfig, net: NetConfig) -> bool:
