@@ -56,10 +56,10 @@ def test_pixel_checker_reads_ground_truth_videos_correctly():
             assert abs(row["seen"]["object_pixels"] - covered) <= 0.1 * covered + 20
     assert object_area(rows)["ratio"] == 1.0
     scene = held_out_scenes(1)[0]
-    video = render(scene, 0, 16)
+    video, coverage = render(scene, 0, 16), object_coverage(scene, 0, 16)
     grown = video.copy()
-    near = np.asarray(torch.nn.functional.max_pool2d(torch.from_numpy(object_coverage(scene, 0, 16))[:, None], 17, 1, 8))[:, 0] > 0.5
-    grown[near] = np.median(video[object_coverage(scene, 0, 16) > 0.5], axis=0).astype(np.uint8)
+    near = np.asarray(torch.nn.functional.max_pool2d(torch.from_numpy(coverage)[:, None], 17, 1, 8))[:, 0] > 0.5
+    grown[near] = np.median(video[coverage > 0.5], axis=0).astype(np.uint8)
     blob = check_fidelity(grown, scene)
     assert blob["seen"]["object_pixels"] > 1.5 * blob["true_object_pixels"] and object_area([blob])["ratio"] > 1.5
     # and it is not fooled: a static frame repeated has no direction
