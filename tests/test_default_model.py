@@ -13,11 +13,12 @@ from ltc_stream.models import load_model
 from ltc_stream.models.default import PACKAGED
 from ltc_stream.models.default.evaluate import calibrate_model, check_fidelity, held_out_scenes, object_area, read_video
 from ltc_stream.models.default.networks import Denoiser, NetConfig
-from ltc_stream.models.default.train import (LOG_STAGES, TrainConfig, _init_teacher_from, _resumable_stage, attribute_accuracy,
-                                              denoiser_velocity, diffused_chunk, embed_captions, held_out_attributes,
-                                              flow_loss, latent_mask, motion_mse, train, train_attributes, weighted_mse)
-from ltc_stream.models.default.world import (ATTRIBUTES, LINEAR_MOTIONS, Scene, object_coverage, parse_caption, render,
-                                             sample_scene, scene_attributes)
+from ltc_stream.models.default.train import (ATTRIBUTE_CHECK_SEED, LOG_STAGES, TrainConfig, _init_teacher_from,
+                                              _resumable_stage, attribute_accuracy, denoiser_velocity, diffused_chunk,
+                                              embed_captions, fit_velocity_head, flow_loss, held_out_attributes, latent_mask,
+                                              motion_mse, train, train_attributes, weighted_mse)
+from ltc_stream.models.default.world import (ATTRIBUTES, LINEAR_MOTIONS, Scene, linear_velocity, object_coverage,
+                                             object_state, parse_caption, render, sample_scene, scene_attributes)
 
 
 @pytest.fixture(scope="module")
@@ -670,3 +671,122 @@ def test_context_shift_offsets_whole_clips_and_reaches_teacher_and_distillation(
     seen.clear()
     train_module.train_teacher(teacher, latents, tokens, net, dataclasses.replace(cfg, context_shift=0.0), [], shifted=shifted)
     assert all(distance(r, latents[:, :, : net.context_frames]) == 0 for r in seen)
+
+
+def test_linear_velocity_is_how_far_the_centre_travels_per_frame():
+    for seed in range(60):
+        obj = sample_scene(seed).main
+        for size in (128, 256):
+            (x0, y0, _, _), (x1, y1, _, _) = object_state(obj, 3.0, size, size), object_state(obj, 4.0, size, size)
+            travelled = ((x1 - x0) / size, (y1 - y0) / size)
+            if obj.motion in LINEAR_MOTIONS and max(abs(x1 - x0), abs(y1 - y0)) < size / 2:  # not wrapped around
+                assert linear_velocity(obj) == pytest.approx(travelled, abs=1e-9)
+            elif obj.motion not in LINEAR_MOTIONS:
+                assert linear_velocity(obj) == (0.0, 0.0)
+
+
+def _blob(size: int, centres: list[tuple[float, float]], sigma: float = 3.0) -> torch.Tensor:
+    """Gaussian blobs [T, 1, size, size] at `centres` (pixels, pixel centres at k + 0.5): an
+    analytic picture of something moving, independent of the code that moves pictures."""
+    grid = torch.arange(size, dtype=torch.float64) + 0.5
+    frames = [torch.exp(-((grid[None] - cx) ** 2 + (grid[:, None] - cy) ** 2) / (2 * sigma ** 2)) for cx, cy in centres]
+    return torch.stack(frames)[:, None].float()
+
+
+def test_translate_moves_content_by_the_shift_and_aligns_frames_along_the_motion():
+    from ltc_stream.models.default.networks import along_motion, translate, translate_chunk
+
+    # a whole-pixel shift is slicing, with zeros entering (x right, y down; fractions of the frame)
+    frame = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    moved = translate(frame, torch.tensor([[2 / 16, -1 / 16]]))
+    expected = torch.zeros_like(frame)
+    expected[..., :15, 2:] = frame[..., 1:, :14]
+    torch.testing.assert_close(moved, expected, atol=1e-5, rtol=0)
+    # a fractional shift moves a smooth picture to where it would be drawn
+    torch.testing.assert_close(translate(_blob(32, [(12.0, 14.0)]), torch.tensor([[3.5 / 32, 1.25 / 32]])),
+                               _blob(32, [(15.5, 15.25)]), atol=0.03, rtol=0)
+
+    # a blob moving (1.5, -0.75) px per frame at 32x32: each frame's neighbours, moved along the
+    # motion, land on the frame itself; moved the other way (the wrong direction), they do not
+    v = torch.tensor([[1.5 / 32, -0.75 / 32]])
+    chunk = _blob(32, [(10 + 1.5 * t, 20 - 0.75 * t) for t in range(6)]).permute(1, 0, 2, 3)[None]  # [1, 1, 6, 32, 32]
+    for velocity, lands in ((v, True), (-v, False)):
+        aligned = along_motion(chunk, velocity)  # [1, 2, 6, h, w]: previous frame moved, next frame moved
+        err_prev = (aligned[:, 0, 1:] - chunk[:, 0, 1:]).abs().max()
+        err_next = (aligned[:, 1, :-1] - chunk[:, 0, :-1]).abs().max()
+        assert (max(err_prev, err_next) < 0.05) == lands, (velocity, err_prev, err_next)
+    assert aligned[:, 0, 0].abs().max() == 0 and aligned[:, 1, -1].abs().max() == 0  # nothing beyond the chunk
+    # per-frame shifts: the first frame moved t steps along the motion is frame t
+    start = chunk[:, :, :1].expand_as(chunk).contiguous()
+    torch.testing.assert_close(translate_chunk(start, torch.stack([v[0] * t for t in range(6)])[None]), chunk,
+                               atol=0.05, rtol=0)
+
+
+def test_text_velocity_starts_as_the_same_function_and_moves_the_context_to_the_chunk(quick_folder, tmp_path):
+    classes = tuple(len(c) for c in ATTRIBUTES.values())
+    net, plain, grown, missing, gen = _plain_and_grown(quick_folder[0], 5, attribute_classes=classes)
+    base = Denoiser(dataclasses.replace(net, attribute_classes=classes))
+    base.load_state_dict(grown.state_dict())
+    grown = Denoiser(dataclasses.replace(net, attribute_classes=classes, text_velocity=True))
+    new = grown.load_state_dict(base.state_dict(), strict=False).missing_keys
+    assert new and all(k.startswith(("velocity_head.", "ctx_along.")) or ".along." in k for k in new)
+    torch.nn.init.normal_(grown.velocity_head[2].bias, std=0.05)  # some velocity: the new paths still add nothing
+    b, c, t, h = 2, net.latent_channels, net.frames_per_chunk, net.height // 8
+    x = torch.randn(b, c, t, h, h, generator=gen)
+    context = torch.randn(b, c, net.context_frames, h, h, generator=gen)
+    tokens = torch.randn(b, net.max_tokens, net.text_dim, generator=gen)
+    sigma = torch.tensor([0.9, 0.3])
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, sigma, tokens, context), base(x, sigma, tokens, context))
+        torch.nn.init.normal_(grown.down_blocks[0].along.weight, std=0.3)
+        assert not torch.allclose(grown(x, sigma, tokens, context), base(x, sigma, tokens, context))
+
+    # the context frames of a blob moving 1 px per frame to the right, moved to chunk frame k, are
+    # the blob where it is in chunk frame k (context frame j is Tc - j + k frames earlier)
+    tc, frames = 2, 4
+    track = _blob(32, [(8.0 + k, 16.0) for k in range(tc + frames)]).permute(1, 0, 2, 3)[None]  # [1, 1, 6, 32, 32]
+    moved = grown.moved_context(track[:, :, :tc], torch.tensor([[1 / 32, 0.0]]), frames)  # [1, 1 * tc, frames, 32, 32]
+    for j in range(tc):
+        torch.testing.assert_close(moved[0, j], track[0, 0, tc:], atol=0.03, rtol=0)
+
+    # grown by train(): the head is fitted after the attribute pooling, then frozen through the
+    # teacher and the student; the folder loads and streams through the ordinary path
+    out = tmp_path / "velocity"
+    train(TrainConfig.quick(), grown.cfg, out, init_from=quick_folder[0])
+    teacher, student = load_file(str(out / "teacher.safetensors")), load_file(str(out / "student.safetensors"))
+    head = [k for k in teacher if k.startswith("velocity_head.")]
+    assert head and all(torch.equal(teacher[k], student[k]) for k in head)
+    assert teacher["velocity_head.2.bias"].abs().sum() > 0  # fitted, not left at zero
+    loaded = load_model(str(out), device="cpu")
+    assert loaded.denoiser.cfg.text_velocity
+    state, emb = loaded.new_stream(0), loaded.encode_prompt("a red ball moving left on a blue background")
+    for _ in range(2):  # the second chunk has a context to move
+        chunk = loaded.generate_chunk(state, emb, ltc=False)
+    assert chunk.frames.shape == (4, 64, 64, 3) and state.chunk_index == 2
+
+
+def test_velocity_head_reads_the_direction_and_speed_from_held_out_captions():
+    model = load_model("default", device="cpu")
+    cfg = dataclasses.replace(model.denoiser.cfg, text_velocity=True)
+    if not cfg.attribute_classes:
+        pytest.skip("the packaged weights have no attribute pooling")
+    grown = Denoiser(cfg)
+    grown.load_state_dict(model.denoiser.state_dict(), strict=False)
+    scenes = [sample_scene(seed) for seed in range(1500)]
+    rms = fit_velocity_head(grown, embed_captions([s.caption for s in scenes], cfg),
+                            torch.tensor([linear_velocity(s.main) for s in scenes]))
+    tokens, _ = held_out_attributes(300, cfg)  # seeds and wording never fitted on
+    held = [sample_scene(ATTRIBUTE_CHECK_SEED + i) for i in range(300)]
+    with torch.no_grad():
+        got = grown.velocity(tokens)
+    truth = torch.tensor([linear_velocity(s.main) for s in held])
+    linear = truth.abs().sum(1) > 0
+    # direction: the unit vector of the named motion (world.MOTIONS), read through the head
+    right = torch.nn.functional.cosine_similarity(got[linear], truth[linear]) > 0.95
+    assert right.float().mean() > 0.9, right.float().mean()
+    # speed: slower named, slower read (the head reads speeds compressed towards the middle one)
+    speeds = truth[linear].norm(dim=1)
+    means = [got[linear][speeds == value].norm(dim=1).mean() for value in speeds.unique()]  # ascending true speeds
+    assert len(means) == 3 and means[0] < means[1] < means[2], means
+    assert got[~linear].norm(dim=1).median() < 0.25 * truth[linear].norm(dim=1).min()  # no motion named: ~still
+    assert rms < 0.5 * truth[linear].norm(dim=1).mean()

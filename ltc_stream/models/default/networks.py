@@ -48,6 +48,11 @@ class NetConfig:
     # per-channel offset, which every group norm before it removes; without it, a colour that
     # covers the whole picture has to come through the token cross-attention
     adaptive_output: bool = False
+    # motion read from the prompt: a small head on the attribute classifier's probabilities (fitted
+    # to the training captions' velocities, needs attribute_classes) gives a velocity per frame; each
+    # block also mixes its neighbouring frames moved by it, and the context frames are moved by it
+    # to where the chunk's frames are, so following the named direction is alignment, not search
+    text_velocity: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -144,12 +149,43 @@ class TextPooling(nn.Module):
         return self.out(pooled.flatten(1))
 
 
+def translate(frames: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Move the content of `frames` [N, C, h, w] by `shift` [N, 2] (x right, y down; fractions of
+    the frame's width and height; fractional shifts interpolate bilinearly, zeros enter)."""
+    n = frames.shape[0]
+    theta = frames.new_zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = -2.0 * shift.to(frames.dtype)  # output(p) = input(p - shift); grid units span 2
+    grid = F.affine_grid(theta, list(frames.shape), align_corners=False)
+    return F.grid_sample(frames, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def translate_chunk(h: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """`translate` for every frame of a chunk [B, C, T, h, w] by `shift` [B, T, 2] (or [B, 2]: the
+    same for every frame)."""
+    b, c, t, hh, ww = h.shape
+    if shift.ndim == 2:
+        shift = shift[:, None].expand(b, t, 2)
+    flat = h.transpose(1, 2).reshape(b * t, c, hh, ww)
+    return translate(flat, shift.reshape(b * t, 2)).view(b, t, c, hh, ww).transpose(1, 2)
+
+
+def along_motion(y: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
+    """Each frame's neighbours moved to where the motion takes them: for frame t, frame t-1 moved by
+    +velocity and frame t+1 moved by -velocity (zero beyond the chunk), as channels [B, 2C, T, h, w].
+    Where things move by `velocity` [B, 2] per frame, both line up with frame t."""
+    zero = y[:, :, :1] * 0
+    prev = torch.cat([zero, translate_chunk(y[:, :, :-1], velocity)], dim=2)
+    nxt = torch.cat([translate_chunk(y[:, :, 1:], -velocity), zero], dim=2)
+    return torch.cat([prev, nxt], dim=1)
+
+
 class FiLMBlock(nn.Module):
     """(2+1)-D residual block: spatial 3x3 conv, FiLM from the condition, temporal 3-tap conv;
     with `motion`, also a depthwise 3x3x3 conv (each channel moved by its own learned kernel, so
     the condition moves things by choosing channels). New outputs are zero-initialised."""
 
-    def __init__(self, width: int, cond_dim: int, motion: bool = False):
+    def __init__(self, width: int, cond_dim: int, motion: bool = False, along: bool = False):
         super().__init__()
         self.norm = nn.GroupNorm(8, width)
         self.spatial = nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1))
@@ -162,14 +198,21 @@ class FiLMBlock(nn.Module):
             self.motion = nn.Conv3d(width, width, 3, padding=1, groups=width)
             nn.init.zeros_(self.motion.weight)
             nn.init.zeros_(self.motion.bias)
+        self.along = None
+        if along:  # the neighbouring frames moved along the prompt's velocity (`along_motion`)
+            self.along = nn.Conv3d(2 * width, width, 1)
+            nn.init.zeros_(self.along.weight)
+            nn.init.zeros_(self.along.bias)
 
-    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cond: torch.Tensor, velocity: torch.Tensor | None = None) -> torch.Tensor:
         scale, shift = self.film(cond)[:, :, None, None, None].chunk(2, dim=1)
         y = self.spatial(F.silu(self.norm(h)))
         y = F.silu(y * (1 + scale) + shift)
         out = self.temporal(y)
         if self.motion is not None:
             out = out + self.motion(y)
+        if self.along is not None:
+            out = out + self.along(along_motion(y, velocity))
         return h + out
 
 
@@ -284,16 +327,17 @@ class Denoiser(nn.Module):
         self.cond_mlp = nn.Sequential(nn.SiLU(), nn.Linear(cfg.cond_dim, cfg.cond_dim))
         self.frame_pos = nn.Parameter(torch.zeros(1, w0, cfg.frames_per_chunk, 1, 1))
         self.inp = nn.Conv3d(in_ch, w0, (1, 3, 3), padding=(0, 1, 1))
-        self.down_blocks = nn.ModuleList(FiLMBlock(w0, cfg.cond_dim, cfg.motion_conv) for _ in range(cfg.blocks0))
+        mv = cfg.text_velocity
+        self.down_blocks = nn.ModuleList(FiLMBlock(w0, cfg.cond_dim, cfg.motion_conv, mv) for _ in range(cfg.blocks0))
         self.down = nn.Conv3d(w0, w1, (1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
-        self.mid_blocks = nn.ModuleList(FiLMBlock(w1, cfg.cond_dim, cfg.motion_conv) for _ in range(cfg.blocks1))
+        self.mid_blocks = nn.ModuleList(FiLMBlock(w1, cfg.cond_dim, cfg.motion_conv, mv) for _ in range(cfg.blocks1))
         self.cross = nn.ModuleList(TokenCrossAttention(w1, cfg.text_dim, cfg.heads) for _ in range(cfg.blocks1)) \
             if cfg.cross_attn else None
         span = (cfg.frames_per_chunk, cfg.height // 16, cfg.width // 16) if cfg.rel_pos else None
         self.attn = nn.ModuleList(ChunkSelfAttention(w1, cfg.heads, span) for _ in range(cfg.blocks1)) \
             if cfg.self_attn else None
         self.up = nn.ConvTranspose3d(w1, w0, (1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
-        self.up_blocks = nn.ModuleList(FiLMBlock(w0, cfg.cond_dim, cfg.motion_conv) for _ in range(cfg.blocks0))
+        self.up_blocks = nn.ModuleList(FiLMBlock(w0, cfg.cond_dim, cfg.motion_conv, mv) for _ in range(cfg.blocks0))
         self.out_norm = nn.GroupNorm(8, w0)
         self.out = nn.Conv3d(w0, c, (1, 3, 3), padding=(0, 1, 1))
         nn.init.zeros_(self.out.weight)
@@ -311,6 +355,16 @@ class Denoiser(nn.Module):
             self.attr_proj = nn.Linear(cfg.cond_dim, cfg.cond_dim)
             nn.init.zeros_(self.attr_proj.weight)  # adding it to a trained network starts as the same function
             nn.init.zeros_(self.attr_proj.bias)
+        self.velocity_head = self.ctx_along = None
+        if cfg.text_velocity:
+            if not cfg.attribute_classes:
+                raise ValueError("text_velocity reads the attribute pooling: it needs attribute_classes")
+            # from the attribute head's class probabilities (motion times speed is a product: a hidden
+            # layer); trained on its own, after the attribute pooling (train.fit_velocity_head)
+            self.velocity_head = nn.Sequential(nn.Linear(sum(cfg.attribute_classes), 64), nn.SiLU(), nn.Linear(64, 2))
+            self.ctx_along = nn.Conv3d(c * cfg.context_frames, w0, (1, 3, 3), padding=(0, 1, 1))
+            nn.init.zeros_(self.ctx_along.weight)
+            nn.init.zeros_(self.ctx_along.bias)
 
     def attribute_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """The prompt read for the scene's attributes: [B, cond_dim]."""
@@ -319,6 +373,25 @@ class Denoiser(nn.Module):
     def attribute_logits(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """Per attribute (world.ATTRIBUTES order), logits [B, classes] of what the prompt says."""
         return list(self.attr_head(self.attribute_features(tokens)).split(list(self.cfg.attribute_classes), dim=1))
+
+    MAX_VELOCITY = 0.1  # of the frame per frame; the world's fastest is 0.027
+
+    def velocity(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The motion the prompt names, per frame as a fraction of the frame's smaller side (x right,
+        y down): [B, 2]."""
+        probs = torch.cat([logits.softmax(-1) for logits in self.attribute_logits(tokens)], dim=1)
+        return self.velocity_head(probs).clamp(-self.MAX_VELOCITY, self.MAX_VELOCITY)
+
+    def moved_context(self, context: torch.Tensor, velocity: torch.Tensor, frames: int) -> torch.Tensor:
+        """The context frames [B, C, Tc, h, w] moved, for each of the chunk's `frames`, to where the
+        prompt's motion has taken them by then (context frame j is Tc - j + t frames before chunk
+        frame t): channels [B, C * Tc, frames, h, w], ordered like the unmoved context's."""
+        b, c, tc, hh, ww = context.shape
+        lag = (tc - torch.arange(tc, dtype=velocity.dtype))[:, None] + torch.arange(frames, dtype=velocity.dtype)[None]
+        shift = lag[None, :, :, None] * velocity[:, None, None, :]  # [B, Tc, T, 2]
+        rep = context[:, :, :, None].expand(b, c, tc, frames, hh, ww).reshape(b, c, tc * frames, hh, ww)
+        moved = translate_chunk(rep, shift.reshape(b, tc * frames, 2))
+        return moved.reshape(b, c * tc, frames, hh, ww)
 
     def condition(self, sigma: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         cond = self.text(tokens) + self.sigma_mlp(sigma_embedding(sigma, self.cfg.cond_dim))
@@ -341,22 +414,29 @@ class Denoiser(nn.Module):
             flag = x.new_ones(b, 1, t, hh, ww)
         cond = self.condition(sigma, tokens)
         h = self.inp(torch.cat([x, ctx, flag], dim=1)) + self.frame_pos[:, :, :t]
+        velocity = None
+        if self.velocity_head is not None:
+            # of the smaller side (as the world's speeds) -> of the width and of the height
+            side = min(hh, ww)
+            velocity = self.velocity(tokens) * x.new_tensor([side / ww, side / hh])
+            if context is not None:
+                h = h + self.ctx_along(self.moved_context(context, velocity, t))
         for block in self.down_blocks:
-            h = block(h, cond)
+            h = block(h, cond, velocity)
         skip = h
         h = self.down(h)
         mask = tokens.abs().sum(-1) > 0
         if cross_keep is not None:
             mask = mask & cross_keep[:, None]
         for i, block in enumerate(self.mid_blocks):
-            h = block(h, cond)
+            h = block(h, cond, velocity)
             if self.attn is not None:
                 h = self.attn[i](h)
             if self.cross is not None:
                 h = self.cross[i](h, tokens, mask)
         h = self.up(h) + skip
         for block in self.up_blocks:
-            h = block(h, cond)
+            h = block(h, cond, velocity)
         h = self.out_norm(h)
         if self.out_film is not None:
             scale, shift = self.out_film(cond)[:, :, None, None, None].chunk(2, dim=1)

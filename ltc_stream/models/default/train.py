@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from ...errors import ConfigError
 from .networks import Autoencoder, Denoiser, NetConfig, context_baseline
 from .text import shared_text_encoder
-from .world import ATTRIBUTES, caption, object_coverage, render, sample_scene, scene_attributes
+from .world import ATTRIBUTES, caption, linear_velocity, object_coverage, render, sample_scene, scene_attributes
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "weights" / "default"
 
@@ -112,7 +112,7 @@ def make_dataset(cfg: TrainConfig, net: NetConfig) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(cfg.seed)
     frames = np.empty((cfg.clips, n_frames, net.height, net.width, 3), np.uint8)
     masks = np.empty((cfg.clips, n_frames, net.height // 8, net.width // 8), np.float32)
-    captions, attributes = [], []
+    captions, attributes, velocities = [], [], []
     for i in _progress(range(cfg.clips), cfg.clips, "render clips"):
         scene = sample_scene(int(rng.integers(2**31)))
         start = int(rng.integers(0, 400))
@@ -120,8 +120,10 @@ def make_dataset(cfg: TrainConfig, net: NetConfig) -> dict[str, torch.Tensor]:
         masks[i] = latent_mask(object_coverage(scene, start, n_frames, net.height, net.width))
         captions.append(scene.caption)
         attributes.append(scene_attributes(scene))
+        velocities.append(linear_velocity(scene.main))
     return {"frames": torch.from_numpy(frames), "tokens": embed_captions(captions, net), "captions": captions,
-            "masks": torch.from_numpy(masks), "attributes": torch.tensor(attributes)}
+            "masks": torch.from_numpy(masks), "attributes": torch.tensor(attributes),
+            "velocities": torch.tensor(velocities, dtype=torch.float32)}
 
 
 def embed_captions(captions: list[str], net: NetConfig) -> torch.Tensor:
@@ -149,8 +151,9 @@ def held_out_attributes(n: int, net: NetConfig) -> tuple[torch.Tensor, torch.Ten
 
 
 def freeze_attributes(model: Denoiser) -> Denoiser:
-    """The text adapter's attribute reading stays as its auxiliary loss trained it."""
-    for module in (model.attr_text, model.attr_head):
+    """The text adapter's attribute reading stays as its auxiliary loss trained it (and the velocity
+    head as it was fitted)."""
+    for module in (model.attr_text, model.attr_head, model.velocity_head):
         if module is not None:
             module.requires_grad_(False)
     return model
@@ -174,6 +177,37 @@ def train_attributes(model: Denoiser, tokens: torch.Tensor, labels: torch.Tensor
         loss.backward()
         opt.step()
         log.append(("attributes", step, loss.item()))
+
+
+def fit_velocity_head(model: Denoiser, tokens: torch.Tensor, velocities: torch.Tensor, steps: int = 600,
+                      seed: int = 0) -> float:
+    """Train `model.velocity_head` to map the captions `tokens` (through the frozen attribute
+    classifier's probabilities) to their scenes' `velocities` [N, 2] (`world.linear_velocity`), full
+    batch; the empty prompt (one row in ten, as often as training shows it) maps to no motion.
+    Seconds on a CPU. Returns the root-mean-square error on the rows fitted (fractions of the frame
+    per frame)."""
+    head = model.velocity_head
+    with torch.random.fork_rng():  # a fresh start drawn from `seed`, the caller's random state untouched
+        torch.manual_seed(seed)
+        for layer in head:
+            if isinstance(layer, torch.nn.Linear):
+                layer.reset_parameters()
+    empty = torch.zeros_like(tokens[: max(1, len(tokens) // 10)])
+    with torch.no_grad():
+        probs = torch.cat([out.softmax(-1) for out in model.attribute_logits(torch.cat([tokens, empty]))], dim=1)
+    target = torch.cat([velocities, velocities.new_zeros(len(empty), 2)])
+    scale = float(target.abs().max().clamp_min(1e-6))  # fit in units of the fastest motion
+    head.requires_grad_(True)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for step in range(steps):
+        _cosine_lr(opt, step, steps, 1e-2)
+        loss = (head(probs) / scale - target / scale).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    head.requires_grad_(False)
+    with torch.no_grad():
+        return float((head(probs) - target).pow(2).mean().sqrt())
 
 
 def latent_mask(coverage: np.ndarray) -> np.ndarray:
@@ -615,6 +649,9 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
         if new_attributes:
             log[:] = [r for r in log if r[0] != "attributes"]
             train_attributes(teacher, data["tokens"], data["attributes"], cfg, log)
+        if net.text_velocity and not start:
+            rms = fit_velocity_head(teacher, data["tokens"], data["velocities"])
+            print(f"[train-default] velocity head fitted to {len(data['tokens'])} captions: rms error {rms:.4f} of the frame per frame")
         teacher = train_teacher(freeze_attributes(teacher), latents, data["tokens"], net, cfg, log, start=start,
                                 warm=init_from is not None, masks=chunk_masks, shifted=shifted)
         save_folder(out, net, ae, teacher, None, cfg, "teacher")
@@ -650,6 +687,9 @@ _NETWORK_SWITCHES = {
     "motion_conv": "a depthwise 3x3x3 convolution beside each denoiser block's temporal one (things can move "
                    "from frame to frame)",
     "adaptive_output": "FiLM on the denoiser's output norm, so the prompt can set a colour over the whole picture",
+    "text_velocity": "the motion the prompt names (a velocity read from the caption by the attribute pooling): every block "
+                     "also sees its neighbouring frames moved along it, and the context moved to where the chunk is "
+                     "(needs --text-attributes)",
 }
 
 
@@ -736,6 +776,8 @@ def main(args: argparse.Namespace) -> int:
                for key in _NETWORK_SWITCHES}
     text_attributes = args.text_attributes if args.text_attributes is not None else bool(saved_net.get("attribute_classes"))
     options["attribute_classes"] = tuple(len(classes) for classes in ATTRIBUTES.values()) if text_attributes else ()
+    if options["text_velocity"] and not text_attributes:
+        raise ConfigError("--text-velocity reads the prompt through the attribute pooling: add --text-attributes")
     net = NetConfig(height=args.size, width=args.size, cross_attn=True, self_attn=args.self_attn, **options)
     if args.quick:
         net = NetConfig(height=args.size, width=args.size, ae_widths=(8, 8, 16), width0=16, width1=16,

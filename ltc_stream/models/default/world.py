@@ -181,6 +181,17 @@ def object_state(obj: SceneObject, t: float, height: int, width: int) -> tuple[f
     return cx, cy, radius, angle
 
 
+def linear_velocity(obj: SceneObject) -> tuple[float, float]:
+    """How far `obj`'s centre travels per frame as a fraction of the frame's (smaller) side, x right and
+    y down: direction times speed for the linear motions, (0, 0) for the others (their centres do
+    not travel one way). The same at every resolution: speeds scale with the frame's size."""
+    if obj.motion not in LINEAR_MOTIONS:
+        return 0.0, 0.0
+    dx, dy = MOTIONS[obj.motion][0]
+    speed = SPEEDS[obj.speed][0] / 128.0
+    return dx * speed, dy * speed
+
+
 def _polygon_coverage(xs, ys, cx, cy, vertices: np.ndarray) -> np.ndarray:
     """Soft inside-test of a convex or star polygon via the signed distance to its edges (1 px ramp)."""
     inside = np.zeros(xs.shape, bool)
