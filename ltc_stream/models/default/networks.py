@@ -376,11 +376,17 @@ class Denoiser(nn.Module):
 
     MAX_VELOCITY = 0.1  # of the frame per frame; the world's fastest is 0.027
 
-    def velocity(self, tokens: torch.Tensor) -> torch.Tensor:
+    def attribute_probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """From `attribute_features`, each attribute's class probabilities side by side: [B, sum(classes)]."""
+        logits = self.attr_head(features).split(list(self.cfg.attribute_classes), dim=1)
+        return torch.cat([out.softmax(-1) for out in logits], dim=1)
+
+    def velocity(self, tokens: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """The motion the prompt names, per frame as a fraction of the frame's smaller side (x right,
-        y down): [B, 2]."""
-        probs = torch.cat([logits.softmax(-1) for logits in self.attribute_logits(tokens)], dim=1)
-        return self.velocity_head(probs).clamp(-self.MAX_VELOCITY, self.MAX_VELOCITY)
+        y down): [B, 2]. `features`: the prompt's `attribute_features`, when already computed."""
+        if features is None:
+            features = self.attribute_features(tokens)
+        return self.velocity_head(self.attribute_probabilities(features)).clamp(-self.MAX_VELOCITY, self.MAX_VELOCITY)
 
     def moved_context(self, context: torch.Tensor, velocity: torch.Tensor, frames: int) -> torch.Tensor:
         """The context frames [B, C, Tc, h, w] moved, for each of the chunk's `frames`, to where the
@@ -393,10 +399,11 @@ class Denoiser(nn.Module):
         moved = translate_chunk(rep, shift.reshape(b, tc * frames, 2))
         return moved.reshape(b, c * tc, frames, hh, ww)
 
-    def condition(self, sigma: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def condition(self, sigma: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """`features`: the prompt's `attribute_features`, when already computed."""
         cond = self.text(tokens) + self.sigma_mlp(sigma_embedding(sigma, self.cfg.cond_dim))
         if self.attr_text is not None:
-            cond = cond + self.attr_proj(self.attribute_features(tokens))
+            cond = cond + self.attr_proj(self.attribute_features(tokens) if features is None else features)
         return self.cond_mlp(cond)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, tokens: torch.Tensor, context: torch.Tensor | None,
@@ -412,13 +419,15 @@ class Denoiser(nn.Module):
         else:  # context [B, C, Tc, h, w] -> channels, broadcast over the chunk's frames
             ctx = context.reshape(b, c * self.cfg.context_frames, 1, hh, ww).expand(-1, -1, t, -1, -1)
             flag = x.new_ones(b, 1, t, hh, ww)
-        cond = self.condition(sigma, tokens)
+        # the prompt's attribute reading, once per call: the condition and the velocity both use it
+        features = self.attribute_features(tokens) if self.attr_text is not None else None
+        cond = self.condition(sigma, tokens, features)
         h = self.inp(torch.cat([x, ctx, flag], dim=1)) + self.frame_pos[:, :, :t]
         velocity = None
         if self.velocity_head is not None:
             # of the smaller side (as the world's speeds) -> of the width and of the height
             side = min(hh, ww)
-            velocity = self.velocity(tokens) * x.new_tensor([side / ww, side / hh])
+            velocity = self.velocity(tokens, features) * x.new_tensor([side / ww, side / hh])
             if context is not None:
                 h = h + self.ctx_along(self.moved_context(context, velocity, t))
         for block in self.down_blocks:

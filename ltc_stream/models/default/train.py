@@ -194,7 +194,7 @@ def fit_velocity_head(model: Denoiser, tokens: torch.Tensor, velocities: torch.T
                 layer.reset_parameters()
     empty = torch.zeros_like(tokens[: max(1, len(tokens) // 10)])
     with torch.no_grad():
-        probs = torch.cat([out.softmax(-1) for out in model.attribute_logits(torch.cat([tokens, empty]))], dim=1)
+        probs = model.attribute_probabilities(model.attribute_features(torch.cat([tokens, empty])))
     target = torch.cat([velocities, velocities.new_zeros(len(empty), 2)])
     scale = float(target.abs().max().clamp_min(1e-6))  # fit in units of the fastest motion
     head.requires_grad_(True)
