@@ -13,10 +13,10 @@ from ltc_stream.models import load_model
 from ltc_stream.models.default import PACKAGED
 from ltc_stream.models.default.evaluate import calibrate_model, check_fidelity, held_out_scenes, object_area, read_video
 from ltc_stream.models.default.networks import Denoiser, NetConfig
-from ltc_stream.models.default.train import (ATTRIBUTE_CHECK_SEED, LOG_STAGES, TrainConfig, _init_teacher_from,
-                                              _resumable_stage, attribute_accuracy, denoiser_velocity, diffused_chunk,
-                                              embed_captions, fit_velocity_head, flow_loss, held_out_attributes, latent_mask,
-                                              motion_mse, train, train_attributes, weighted_mse)
+from ltc_stream.models.default.train import (LOG_STAGES, TrainConfig, _init_teacher_from, _resumable_stage,
+                                              attribute_accuracy, denoiser_velocity, diffused_chunk, embed_captions,
+                                              fit_velocity_head, flow_loss, held_out_attributes, held_out_caption_scenes,
+                                              latent_mask, motion_mse, train, train_attributes, weighted_mse)
 from ltc_stream.models.default.world import (ATTRIBUTES, LINEAR_MOTIONS, Scene, linear_velocity, object_coverage,
                                              object_state, parse_caption, render, sample_scene, scene_attributes)
 
@@ -775,8 +775,8 @@ def test_velocity_head_reads_the_direction_and_speed_from_held_out_captions():
     scenes = [sample_scene(seed) for seed in range(1500)]
     rms = fit_velocity_head(grown, embed_captions([s.caption for s in scenes], cfg),
                             torch.tensor([linear_velocity(s.main) for s in scenes]))
-    tokens, _ = held_out_attributes(300, cfg)  # seeds and wording never fitted on
-    held = [sample_scene(ATTRIBUTE_CHECK_SEED + i) for i in range(300)]
+    held = held_out_caption_scenes(300)  # seeds and wording never fitted on
+    tokens = embed_captions([s.caption for s in held], cfg)
     with torch.no_grad():
         got = grown.velocity(tokens)
     truth = torch.tensor([linear_velocity(s.main) for s in held])

@@ -142,11 +142,17 @@ def attribute_accuracy(model: Denoiser, tokens: torch.Tensor, labels: torch.Tens
             for j, (name, out) in enumerate(zip(ATTRIBUTES, logits))}
 
 
-def held_out_attributes(n: int, net: NetConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """`n` scenes with seeds and wording never drawn in training: token states and attributes."""
+def held_out_caption_scenes(n: int) -> list:
+    """`n` scenes with seeds and wording never drawn in training (their captions re-worded)."""
     scenes = [sample_scene(ATTRIBUTE_CHECK_SEED + i) for i in range(n)]
     for i, scene in enumerate(scenes):
         scene.caption = caption(scene, np.random.default_rng(ATTRIBUTE_CHECK_SEED - 1 - i))
+    return scenes
+
+
+def held_out_attributes(n: int, net: NetConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """`held_out_caption_scenes(n)`: token states and attributes."""
+    scenes = held_out_caption_scenes(n)
     return embed_captions([s.caption for s in scenes], net), torch.tensor([scene_attributes(s) for s in scenes])
 
 
