@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from ltc_stream.errors import ConfigError, ModelNotFoundError
 from ltc_stream.models import load_model
 from ltc_stream.models.default import PACKAGED
-from ltc_stream.models.default.evaluate import calibrate_model, check_fidelity, held_out_scenes, object_area, read_video
+from ltc_stream.models.default.evaluate import (calibrate_model, check_fidelity, held_out_scenes, jump_from_true_context,
+                                                object_area, read_video, seam_changes)
 from ltc_stream.models.default.networks import Denoiser, NetConfig
 from ltc_stream.models.default.train import (LOG_STAGES, TrainConfig, _init_teacher_from, _resumable_stage,
                                               attribute_accuracy, denoiser_velocity, diffused_chunk, embed_captions,
@@ -418,6 +419,63 @@ def test_evaluate_reports_ltc_against_fewer_steps_and_sampler_angles(quick_folde
     assert fid["ci95"][0] <= fid["accuracy"] <= fid["ci95"][1]
     seen = [r["seen"]["object_pixels"] for r in fid["per_prompt"]]
     assert fid["object_area"]["generated_px"] == pytest.approx(np.mean(seen), abs=0.1) and fid["object_area"]["true_px"] > 0
+    cont = report["continuity"]
+    assert cont["ratio"] == pytest.approx(cont["boundary_change"] / cont["inside_change"], abs=2e-3)
+    assert cont["true_change"] > 0 and cont["from_true_context"]["jump"] >= 0 and cont["boundary_change_colour_matched"] >= 0
+
+
+def _linear_scene():
+    seed = 0
+    while True:
+        scene = sample_scene(seed, max_objects=1)
+        if scene.background == "plain" and scene.main.motion in LINEAR_MOTIONS:
+            return scene
+        seed += 1
+
+
+def test_seam_changes_tell_a_colour_seam_from_a_redrawn_one():
+    scene, t = _linear_scene(), 8
+    video = render(scene, 0, 5 * t, 128, 128).astype(np.float32)
+    seamless = seam_changes(video, t)
+    assert len(seamless["boundary"]) == 4 and len(seamless["inside"]) == 5 * t - 5
+    inside = np.mean(seamless["inside"])
+    assert inside > 0 and abs(np.mean(seamless["boundary"]) - inside) < 0.3 * inside  # the scene's own video has no seams
+    recoloured = video.copy()  # each chunk drawn 8 levels brighter than the one before
+    for k in range(1, 5):
+        recoloured[k * t:(k + 1) * t] += 8 * k
+    seams = seam_changes(np.clip(recoloured, 0, 255), t)
+    assert np.mean(seams["boundary"]) > 3 * inside
+    assert abs(np.mean(seams["boundary_colour_matched"]) - inside) < 0.5 * inside  # the colour taken out, no seam is left
+    redrawn = video.copy()  # the second chunk's scene moved 20 pixels: a seam that is not colour
+    redrawn[t:2 * t] = np.roll(video[t:2 * t], 20, axis=2)
+    seams = seam_changes(redrawn, t)
+    assert np.mean(seams["boundary_colour_matched"]) > 3 * inside
+
+
+class _CopyLastContextFrame(torch.nn.Module):
+    """A denoiser whose every x0 is the context's last latent frame (or zero without context)."""
+
+    def forward(self, x, sigma, tokens, context, *rest):
+        target = torch.zeros_like(x) if context is None else context[:, :, -1:].expand_as(x)
+        return (x - target) / sigma.view(-1, 1, 1, 1, 1)
+
+
+class _IgnoreContext(_CopyLastContextFrame):
+    def forward(self, x, sigma, tokens, context, *rest):
+        return super().forward(x, sigma, tokens, None)
+
+
+def test_jump_from_true_context_is_zero_for_a_model_that_continues_its_context(quick_folder):
+    model = load_model(str(quick_folder[0]), device="cpu")
+    model.ltc_weights = None
+    scene = _linear_scene()
+    emb = model.encode_prompt(scene.caption)
+    model.denoiser = _CopyLastContextFrame()
+    copied = jump_from_true_context(model, scene, emb, seed=3)
+    assert copied["jump"] < 0.05 and copied["inside"] < 0.05
+    model.denoiser = _IgnoreContext()
+    ignored = jump_from_true_context(model, scene, emb, seed=3)
+    assert ignored["jump"] > 1.0
 
 
 def test_paired_difference_counts_the_checks_that_changed_and_brackets_them():

@@ -6,7 +6,10 @@
   checked from pixels alone: background colour (border pixels), object colour (pixels far from the
   background), direction of motion (the object's centroid track); and the object's size against
   the same scene's own render (`object_area`: a ratio above 1 means blobs larger than the objects);
-- continuity: mean frame-to-frame change at chunk boundaries over that inside chunks;
+- continuity: mean frame-to-frame change at chunk boundaries over that inside chunks; beside it
+  the same with each chunk's colour offset taken out (how much of a seam is colour), the scenes'
+  own change per frame (the scale of a seamless video), and the jump after a true context (the
+  scene's own frames: does the model continue what it is given, or redraw it);
 - LTC: model calls per chunk with and without LTC, PSNR of the LTC video against the same
   model and noise without LTC;
 - prompt change: how often the stream follows a prompt changed mid-stream, for each way of
@@ -68,6 +71,66 @@ def read_video(frames: np.ndarray) -> dict:
             direction = ("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("down" if dy > 0 else "up")
     return {"background": nearest_colour(bg), "object": obj_colour, "direction": direction,
             "object_pixels": round(float(mask.sum(axis=(1, 2)).mean()), 1)}
+
+
+def frame_change(video: np.ndarray) -> np.ndarray:
+    """Mean absolute change (0-255 levels) from each frame to the next: [T - 1]."""
+    return np.abs(np.diff(video.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
+
+
+def seam_changes(video: np.ndarray, frames_per_chunk: int) -> dict:
+    """The frame-to-frame change of a chunked video at the chunk boundaries and inside the chunks,
+    and at the boundaries again once each chunk's colour offset is taken out (`colour_matched`: every
+    chunk after the first shifted by the per-channel mean difference between its first frame and the
+    frame before it, fading to nothing over the chunk), which says how much of a seam is colour."""
+    f = video.astype(np.float32)
+    t = frames_per_chunk
+    changes = frame_change(f)
+    at_seam = np.array([(i + 1) % t == 0 for i in range(len(changes))])
+    matched = f.copy()
+    fade = (1 - np.arange(t) / t)[:, None, None, None]
+    for start in range(t, len(f), t):
+        offset = matched[start - 1].mean(axis=(0, 1)) - matched[start].mean(axis=(0, 1))
+        end = min(start + t, len(f))
+        matched[start:end] += fade[: end - start] * offset
+    return {"boundary": changes[at_seam].tolist(), "inside": changes[~at_seam].tolist(),
+            "boundary_colour_matched": frame_change(matched)[at_seam].tolist()}
+
+
+def encode_video(model, frames: np.ndarray) -> torch.Tensor:
+    """uint8 frames [T, H, W, 3] -> the model's latents [1, C, T, h, w]."""
+    return model.autoencoder.encode(to_unit(torch.from_numpy(frames)).to(model.device)).movedim(0, 1)[None]
+
+
+@torch.no_grad()
+def jump_from_true_context(model, scene, embedding: torch.Tensor, seed: int) -> dict:
+    """One chunk generated after the scene's own first frames (rendered, encoded by the model's
+    autoencoder) as its context: the change from the decoded context's last frame to the chunk's
+    first (`jump`) and inside the chunk. A model that continues what it is given jumps about as much
+    as it changes inside; one that redraws the scene jumps more, whatever its own chunks were like."""
+    context = encode_video(model, render(scene, 0, model.net.context_frames, model.height, model.width))
+    state = model.new_stream(seed)
+    state.context = context
+    chunk = model.generate_chunk(state, embedding, ltc=True).frames
+    video = np.concatenate([model.decode(context)[-1:], chunk])
+    changes = frame_change(video)
+    return {"jump": float(changes[0]), "inside": float(changes[1:].mean())}
+
+
+def continuity_report(seams: list[dict], truth: list[np.ndarray], from_truth: list[dict]) -> dict:
+    """`seam_changes` over the evaluated videos, with the scale a seamless model would show (the
+    scenes' own renders' change per frame) and `jump_from_true_context` beside them."""
+    mean = lambda key: float(np.mean([v for s in seams for v in s[key]]))  # noqa: E731
+    boundary, inside = mean("boundary"), mean("inside")
+    jump = float(np.mean([j["jump"] for j in from_truth]))
+    jump_inside = float(np.mean([j["inside"] for j in from_truth]))
+    return {"boundary_change": round(boundary, 3), "inside_change": round(inside, 3),
+            "ratio": round(boundary / max(1e-6, inside), 3),
+            "boundary_change_colour_matched": round(mean("boundary_colour_matched"), 3),
+            "ratio_colour_matched": round(mean("boundary_colour_matched") / max(1e-6, inside), 3),
+            "true_change": round(float(np.mean(np.concatenate(truth))), 3),
+            "from_true_context": {"jump": round(jump, 3), "inside": round(jump_inside, 3),
+                                  "ratio": round(jump / max(1e-6, jump_inside), 3)}}
 
 
 def held_out_scenes(n: int) -> list:
@@ -140,7 +203,7 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
     report: dict = {"model": model.describe()}
     # LTC: calls and PSNR against the same noise without LTC
     scenes = held_out_scenes(n_prompts)
-    rows, psnrs, psnrs_fewer, calls_ltc, calls_full, boundary, inside = [], [], [], [], [], [], []
+    rows, psnrs, psnrs_fewer, calls_ltc, calls_full, seams, truth, from_truth = [], [], [], [], [], [], [], []
     full_sigmas, full_steps = model.sigmas, model.steps
     for k, scene in enumerate(scenes):
         emb = model.encode_prompt(scene.caption)
@@ -163,18 +226,15 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
         psnrs.append(psnr(torch.from_numpy(video).float(), reference))
         psnrs_fewer.append(psnr(torch.from_numpy(videos["fewer"]).float(), reference))
         rows.append(check_fidelity(video[model.frames_per_chunk:], scene))  # judge after the first chunk settles
-        diffs = np.abs(np.diff(video.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
-        t = model.frames_per_chunk
-        for i, d in enumerate(diffs):
-            (boundary if (i + 1) % t == 0 else inside).append(float(d))
+        seams.append(seam_changes(video, model.frames_per_chunk))
+        truth.append(frame_change(render(scene, 0, len(video), video.shape[1], video.shape[2])))
+        from_truth.append(jump_from_true_context(model, scene, emb, seed=1000 + k))
     checks = [v for r in rows for v in r["checks"].values()]
     report["fidelity"] = {"accuracy": round(float(np.mean(checks)), 3), "checks": len(checks),
                           "ci95": bootstrap_interval(rows), "by_kind": by_kind(rows), "prompts": n_prompts,
                           "object_area": object_area(rows), "examples": rows[:6],
                           "per_prompt": [{"caption": r["caption"], "checks": r["checks"], "seen": r["seen"]} for r in rows]}
-    report["continuity"] = {"boundary_change": round(float(np.mean(boundary)), 3),
-                            "inside_change": round(float(np.mean(inside)), 3),
-                            "ratio": round(float(np.mean(boundary) / max(1e-6, np.mean(inside))), 3)}
+    report["continuity"] = continuity_report(seams, truth, from_truth)
     report["ltc"] = {"calibrated": model.ltc_weights is not None, "steps": model.steps,
                      "calls_per_chunk_ltc": float(np.mean(calls_ltc)), "calls_per_chunk_full": float(np.mean(calls_full)),
                      "speedup_calls": round(float(np.mean(calls_full) / np.mean(calls_ltc)), 3),
@@ -311,7 +371,7 @@ def text_sensitivity(model, n_scenes: int = 16, sigma: float = 0.9, seed: int = 
         reversed_.main.motion = OPPOSITE[scene.main.motion]
         recoloured.main.colour = next(c for c in COLOURS if c not in (scene.main.colour, *scene.bg_colours))
         frames = render(scene, 0, model.frames_per_chunk, model.height, model.width)
-        x0 = model.autoencoder.encode(to_unit(torch.from_numpy(frames)).to(model.device)).movedim(0, 1)[None]
+        x0 = encode_video(model, frames)
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(model.device)
         x = (1 - sigma) * x0 + sigma * noise
         s = torch.full((1,), sigma, device=model.device)
