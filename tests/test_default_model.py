@@ -848,3 +848,39 @@ def test_velocity_head_reads_the_direction_and_speed_from_held_out_captions():
     assert len(means) == 3 and means[0] < means[1] < means[2], means
     assert got[~linear].norm(dim=1).median() < 0.25 * truth[linear].norm(dim=1).min()  # no motion named: ~still
     assert rms < 0.5 * truth[linear].norm(dim=1).mean()
+
+
+def test_seam_anchor_pulls_the_first_frames_to_the_previous_frame_carried_along_the_motion(quick_folder):
+    from ltc_stream.ltc import sample
+
+    plain = load_model(str(quick_folder[0]), device="cpu")
+    anchored = load_model(str(quick_folder[0]), device="cpu", seam_anchor=1.0)
+    assert plain.seam_anchor == 0.0 and "seam_anchor" not in plain.ltc_key() and anchored.ltc_key()["seam_anchor"] == 1.0
+    tokens = plain.encode_prompt("a red ball moving right on a blue background")
+    gen = torch.Generator().manual_seed(0)
+    context = torch.randn(plain.latent_shape()[:2] + (plain.net.context_frames,) + plain.latent_shape()[3:], generator=gen)
+    x_t = torch.randn(plain.latent_shape(), generator=gen)
+    # without a velocity head the target is the context's last frame held still
+    target = anchored.seam_target(tokens[None], context, plain.frames_per_chunk)
+    assert torch.equal(target, context[:, :, -1:].expand_as(target))
+    # weight 1 at the first frame: its x0 is the target at every step, so the sample ends on it
+    latents, _ = sample(anchored.denoiser_fn(tokens, context), x_t, anchored.sigmas)
+    assert torch.allclose(latents[:, :, 0], target[:, :, 0], atol=1e-5)
+    # from half the chunk on, and at every frame without a context or without the anchor, x0 is the network's own
+    half = plain.frames_per_chunk // 2
+    assert torch.equal(anchored.denoiser_fn(tokens, context)(x_t, 0.5)[:, :, half:],
+                       plain.denoiser_fn(tokens, context)(x_t, 0.5)[:, :, half:])
+    assert torch.equal(anchored.denoiser_fn(tokens, None)(x_t, 0.5), plain.denoiser_fn(tokens, None)(x_t, 0.5))
+    # with a velocity head, the last frame is carried along: 1/8 of the frame per frame is one latent pixel
+    anchored.denoiser.velocity_head = torch.nn.Identity()
+    anchored.denoiser.velocity = lambda tok, features=None: torch.tensor([[0.125, 0.0]]).expand(tok.shape[0], 2)
+    moved = anchored.seam_target(tokens[None], context, plain.frames_per_chunk)
+    last = context[:, :, -1]
+    for t in range(plain.frames_per_chunk):
+        k = t + 1  # frames since the context's last one
+        expected = torch.zeros_like(last)
+        expected[..., k:] = last[..., :-k]
+        assert torch.allclose(moved[:, :, t], expected, atol=1e-5), t
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match="seam_anchor"):
+            load_model(str(quick_folder[0]), device="cpu", seam_anchor=bad)

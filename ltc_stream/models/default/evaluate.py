@@ -420,6 +420,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tau", type=float, default=0.1, help="LTC angle threshold for --calibrate (radians)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 192, 256])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seam-anchor", type=float, default=None, metavar="W",
+                        help="pull each chunk's first frames towards the previous chunk's last frame carried "
+                             "on along the prompt's motion, weight W (0-1) at the first frame (default: the "
+                             "model folder's sampling.seam_anchor, 0 if it names none)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--output", help="also write the JSON here")
     parser.add_argument("--against", metavar="REPORT",
@@ -434,7 +438,8 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--prompts must be >= 1, got {args.prompts}")
     against = load_report_rows(args.against) if args.against else None  # fail before the long work
     torch.set_num_threads(args.threads)
-    model = load_model(args.model, device="cpu")
+    options = {} if args.seam_anchor is None else {"seam_anchor": args.seam_anchor}
+    model = load_model(args.model, device="cpu", **options)
     if args.calibrate:
         w = calibrate_model(model, tau=args.tau)
         print(f"LTC calibrated: skip {w.skipped_steps}, angles {[None if a is None else round(a, 3) for a in w.angles]}",

@@ -62,7 +62,7 @@ class DefaultModel(VideoModel):
     prompt_change = "cut"
 
     def __init__(self, folder: Path, device: str | torch.device = "auto", steps: int | None = None,
-                 use_teacher: bool = False, online_refresh: int = 0):
+                 use_teacher: bool = False, online_refresh: int = 0, seam_anchor: float | None = None):
         folder = Path(folder)
         meta_path = folder / "ltc_model.json"
         if not meta_path.is_file():
@@ -95,6 +95,11 @@ class DefaultModel(VideoModel):
             raise ModelNotFoundError(f"{folder} has no denoiser weights (student.safetensors or teacher.safetensors)")
         if not 1 <= self.steps <= 100:
             raise ConfigError(f"steps must be between 1 and 100, got {self.steps}")
+        if seam_anchor is None:
+            seam_anchor = float(meta.get("sampling", {}).get("seam_anchor", 0.0))
+        if not 0.0 <= seam_anchor <= 1.0:  # also refuses NaN
+            raise ConfigError(f"seam_anchor must be between 0 and 1, got {seam_anchor}")
+        self.seam_anchor = float(seam_anchor)
         self.autoencoder.to(self.device).eval().requires_grad_(False)
         self.denoiser.to(self.device).eval().requires_grad_(False)
         self.sigmas = sigma_schedule(self.steps)
@@ -122,15 +127,41 @@ class DefaultModel(VideoModel):
         return (batch, n.latent_channels, n.frames_per_chunk, n.height // 8, n.width // 8)
 
     def denoiser_fn(self, tokens: torch.Tensor, context: torch.Tensor | None):
-        """denoiser(x, sigma) -> x0 = x - sigma * v for the LTC sampler (the net predicts v = noise - x0)."""
+        """denoiser(x, sigma) -> x0 = x - sigma * v for the LTC sampler (the net predicts v = noise - x0).
+        With a context and `seam_anchor` > 0, the chunk's first frames' x0 are pulled towards
+        `seam_target` (the previous chunk's last frame carried on along the prompt's motion): weight
+        `seam_anchor` at the first frame, fading to none at half the chunk."""
         if tokens.ndim == 2:
             tokens = tokens[None]
+        anchor = weight = None
+        if context is not None and self.seam_anchor > 0:
+            frames = self.net.frames_per_chunk
+            anchor = self.seam_target(tokens, context, frames)
+            if self.net.residual_context:  # such a net's x0 is the change from the context's last frame
+                anchor = anchor - context[:, :, -1:]
+            fade = (1 - torch.arange(frames, device=context.device) / max(1, frames // 2)).clamp(min=0)
+            weight = (self.seam_anchor * fade).view(1, 1, frames, 1, 1)
 
         def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
             tok = tokens.expand(x.shape[0], -1, -1) if tokens.shape[0] != x.shape[0] else tokens
-            return x - sigma * self.denoiser(x, torch.full((x.shape[0],), sigma, device=x.device), tok, context)
+            x0 = x - sigma * self.denoiser(x, torch.full((x.shape[0],), sigma, device=x.device), tok, context)
+            return x0 if anchor is None else torch.lerp(x0, anchor.expand_as(x0), weight)
 
         return denoise
+
+    def seam_target(self, tokens: torch.Tensor, context: torch.Tensor, frames: int) -> torch.Tensor:
+        """Where the previous chunk's last latent frame would be at each of the next chunk's `frames`:
+        moved along the velocity the prompt names when the network reads one (`text_velocity`),
+        else held still. [B, C, frames, h, w]."""
+        last = context[:, :, -1:]
+        if self.denoiser.velocity_head is None:
+            return last.expand(-1, -1, frames, -1, -1)
+        b, c, tc, hh, ww = context.shape
+        tok = tokens.expand(b, -1, -1) if tokens.shape[0] != b else tokens
+        side = min(hh, ww)
+        velocity = self.denoiser.velocity(tok) * context.new_tensor([side / ww, side / hh])
+        moved = self.denoiser.moved_context(context, velocity, frames)  # [B, C * Tc, frames, h, w]
+        return moved.view(b, c, tc, frames, hh, ww)[:, :, -1]
 
     @torch.no_grad()
     def generate_chunk(self, state: StreamState, embedding: torch.Tensor, *, ltc: bool = True) -> ChunkResult:
@@ -162,14 +193,17 @@ class DefaultModel(VideoModel):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(stage=self.stage, ltc_calibrated=self.ltc_weights is not None,
+        info.update(stage=self.stage, seam_anchor=self.seam_anchor, ltc_calibrated=self.ltc_weights is not None,
                     ltc_model_calls=self.ltc_weights.model_calls if self.ltc_weights else self.steps)
         return info
 
     # --- LTC calibration ------------------------------------------------------------------------
     def ltc_key(self) -> dict[str, Any]:
+        # the seam anchor changes the trajectories of chunks with a context (named only when on, so
+        # calibrations made before it existed still match)
+        anchor = {"seam_anchor": self.seam_anchor} if self.seam_anchor else {}
         return make_key(model=f"ltc-stream-default:{self.weights_digest}", sampler="euler", steps=self.steps,
-                        latent_shape=list(self.latent_shape()), guidance_scale=1.0)
+                        latent_shape=list(self.latent_shape()), guidance_scale=1.0, **anchor)
 
     @torch.no_grad()
     def calibrate_ltc(self, prompts: list[str], cfg: LTCConfig, seed: int = 0, contexts: torch.Tensor | None = None) -> LTCWeights:
@@ -189,7 +223,7 @@ def load_default(path: str | Path | None = None, device: str = "auto", **options
         raise ModelNotFoundError(
             f"the packaged default model is missing from {folder}; train it with 'ltc-stream train-default'"
         )
-    allowed = {"steps", "use_teacher", "online_refresh"}
+    allowed = {"steps", "use_teacher", "online_refresh", "seam_anchor"}
     unknown = set(options) - allowed
     if unknown:
         raise ConfigError(f"unknown option(s) for the default model: {', '.join(sorted(unknown))}")
