@@ -90,3 +90,13 @@ def test_train_default_resume_keeps_the_folders_own_settings(tmp_path):
     assert (saved["teacher_steps"], saved["object_weight"], saved["context_drop"], saved["motion_weight"],
             saved["distil_trajectories"]) == (40, 2.0, 0.3, 3.0, 12)
     assert json.loads((out / "ltc_model.json").read_text())["net"]["residual_context"] is True
+
+
+@pytest.mark.parametrize("command", [("render", "--prompt", "a red ball", "--seconds", "1", "--output", "x.mp4", "--device", "cpu"),
+                                     ("eval-default", "--prompts", "1")])
+def test_an_out_of_range_seam_anchor_is_one_clear_line(tmp_path, command):
+    out = subprocess.run([sys.executable, "-m", "ltc_stream", *command, "--seam-anchor", "1.5"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "seam_anchor must be between 0 and 1, got 1.5" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "x.mp4").exists()

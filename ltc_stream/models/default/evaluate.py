@@ -33,7 +33,7 @@ import torch
 from ...errors import ConfigError
 from ...ltc import LTCConfig, psnr
 from ...stream import PROMPT_CHANGES, Steering
-from .model import sigma_schedule
+from .model import add_seam_anchor_argument, seam_anchor_option, sigma_schedule
 from .train import to_unit
 from .world import COLOURS, LINEAR_MOTIONS, MOTIONS, caption, render, sample_scene
 
@@ -420,10 +420,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tau", type=float, default=0.1, help="LTC angle threshold for --calibrate (radians)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 192, 256])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seam-anchor", type=float, default=None, metavar="W",
-                        help="pull each chunk's first frames towards the previous chunk's last frame carried "
-                             "on along the prompt's motion, weight W (0-1) at the first frame (default: the "
-                             "model folder's sampling.seam_anchor, 0 if it names none)")
+    add_seam_anchor_argument(parser)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--output", help="also write the JSON here")
     parser.add_argument("--against", metavar="REPORT",
@@ -438,8 +435,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--prompts must be >= 1, got {args.prompts}")
     against = load_report_rows(args.against) if args.against else None  # fail before the long work
     torch.set_num_threads(args.threads)
-    options = {} if args.seam_anchor is None else {"seam_anchor": args.seam_anchor}
-    model = load_model(args.model, device="cpu", **options)
+    model = load_model(args.model, device="cpu", **seam_anchor_option(args))
     if args.calibrate:
         w = calibrate_model(model, tau=args.tau)
         print(f"LTC calibrated: skip {w.skipped_steps}, angles {[None if a is None else round(a, 3) for a in w.angles]}",

@@ -217,6 +217,19 @@ class DefaultModel(VideoModel):
         return weights
 
 
+def add_seam_anchor_argument(parser) -> None:
+    """`--seam-anchor W` for the commands that sample the default model (serve, render, eval-default)."""
+    parser.add_argument("--seam-anchor", type=float, default=None, metavar="W",
+                        help="default-format models: pull each chunk's first frames towards the previous chunk's "
+                             "last frame carried on along the prompt's motion, weight W (0-1) at the first frame "
+                             "(default: the model folder's sampling.seam_anchor; 0 where it names none)")
+
+
+def seam_anchor_option(args) -> dict[str, float]:
+    """The load_model option for `--seam-anchor`, when given."""
+    return {} if args.seam_anchor is None else {"seam_anchor": args.seam_anchor}
+
+
 def load_default(path: str | Path | None = None, device: str = "auto", **options: Any) -> DefaultModel:
     folder = Path(path) if path is not None else PACKAGED
     if path is None and not (folder / "ltc_model.json").is_file():
