@@ -421,6 +421,8 @@ def test_evaluate_reports_ltc_against_fewer_steps_and_sampler_angles(quick_folde
     assert fid["object_area"]["generated_px"] == pytest.approx(np.mean(seen), abs=0.1) and fid["object_area"]["true_px"] > 0
     cont = report["continuity"]
     assert cont["ratio"] == pytest.approx(cont["boundary_change"] / cont["inside_change"], abs=2e-3)
+    assert cont["ratio_ci95"][0] <= cont["ratio"] + 1e-3 and cont["ratio"] - 1e-3 <= cont["ratio_ci95"][1]
+    assert model.seam_anchor == json.loads((quick_folder[0] / "ltc_model.json").read_text())["sampling"]["seam_anchor"] > 0
     assert cont["true_change"] > 0 and cont["from_true_context"]["jump"] >= 0 and cont["boundary_change_colour_matched"] >= 0
 
 
@@ -853,9 +855,9 @@ def test_velocity_head_reads_the_direction_and_speed_from_held_out_captions():
 def test_seam_anchor_pulls_the_first_frames_to_the_previous_frame_carried_along_the_motion(quick_folder):
     from ltc_stream.ltc import sample
 
-    plain = load_model(str(quick_folder[0]), device="cpu")
+    plain = load_model(str(quick_folder[0]), device="cpu", seam_anchor=0.0)
     anchored = load_model(str(quick_folder[0]), device="cpu", seam_anchor=1.0)
-    assert plain.seam_anchor == 0.0 and "seam_anchor" not in plain.ltc_key() and anchored.ltc_key()["seam_anchor"] == 1.0
+    assert "seam_anchor" not in plain.ltc_key() and anchored.ltc_key()["seam_anchor"] == 1.0
     tokens = plain.encode_prompt("a red ball moving right on a blue background")
     gen = torch.Generator().manual_seed(0)
     context = torch.randn(plain.latent_shape()[:2] + (plain.net.context_frames,) + plain.latent_shape()[3:], generator=gen)
@@ -872,7 +874,7 @@ def test_seam_anchor_pulls_the_first_frames_to_the_previous_frame_carried_along_
                        plain.denoiser_fn(tokens, context)(x_t, 0.5)[:, :, half:])
     assert torch.equal(anchored.denoiser_fn(tokens, None)(x_t, 0.5), plain.denoiser_fn(tokens, None)(x_t, 0.5))
     # with a velocity head, the last frame is carried along: 1/8 of the frame per frame is one latent pixel
-    anchored.denoiser.velocity_head = torch.nn.Identity()
+    anchored.net.text_velocity = True
     anchored.denoiser.velocity = lambda tok, features=None: torch.tensor([[0.125, 0.0]]).expand(tok.shape[0], 2)
     moved = anchored.seam_target(tokens[None], context, plain.frames_per_chunk)
     last = context[:, :, -1]

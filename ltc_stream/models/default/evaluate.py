@@ -122,10 +122,14 @@ def continuity_report(seams: list[dict], truth: list[np.ndarray], from_truth: li
     scenes' own renders' change per frame) and `jump_from_true_context` beside them."""
     mean = lambda key: float(np.mean([v for s in seams for v in s[key]]))  # noqa: E731
     boundary, inside = mean("boundary"), mean("inside")
+    # every video has as many boundaries (and inside changes) as the next, so the ratio of means is
+    # the ratio of the per-video means' sums, resampled by prompt for its interval
+    per_video = lambda key: np.array([np.mean(s[key]) for s in seams], np.float64)  # noqa: E731
+    ratio_ci = _prompt_bootstrap(per_video("boundary"), per_video("inside"), 2000, 0)
     jump = float(np.mean([j["jump"] for j in from_truth]))
     jump_inside = float(np.mean([j["inside"] for j in from_truth]))
     return {"boundary_change": round(boundary, 3), "inside_change": round(inside, 3),
-            "ratio": round(boundary / max(1e-6, inside), 3),
+            "ratio": round(boundary / max(1e-6, inside), 3), "ratio_ci95": ratio_ci,
             "boundary_change_colour_matched": round(mean("boundary_colour_matched"), 3),
             "ratio_colour_matched": round(mean("boundary_colour_matched") / max(1e-6, inside), 3),
             "true_change": round(float(np.mean(np.concatenate(truth))), 3),
@@ -278,10 +282,10 @@ def _passed(rows: list[dict]) -> np.ndarray:
 
 
 def _prompt_bootstrap(passed: np.ndarray, counted: np.ndarray, resamples: int, seed: int) -> list[float]:
-    """95% interval of sum(passed) / sum(counted), resampling prompts (a prompt's checks move
-    together: one bad sample fails two or three), with a fixed seed so a report reproduces."""
+    """95% interval of sum(passed) / sum(counted) (per prompt), resampling prompts (a prompt's checks
+    move together: one bad sample fails two or three), with a fixed seed so a report reproduces."""
     idx = np.random.default_rng(seed).integers(0, len(passed), size=(resamples, len(passed)))
-    shares = passed[idx].sum(1) / counted[idx].sum(1)
+    shares = passed[idx].sum(1) / np.maximum(counted[idx].sum(1), 1e-12)
     return [round(float(q), 3) for q in np.percentile(shares, [2.5, 97.5])]
 
 

@@ -24,6 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from ...errors import ConfigError
+from .model import SEAM_ANCHOR
 from .networks import Autoencoder, Denoiser, NetConfig, context_baseline
 from .text import shared_text_encoder
 from .world import ATTRIBUTES, caption, linear_velocity, object_coverage, render, sample_scene, scene_attributes
@@ -529,6 +530,7 @@ def save_folder(out: Path, net: NetConfig, ae: Autoencoder, teacher: Denoiser | 
         "student_steps": cfg.student_steps,
         "student_sigmas": student_sigmas(cfg.student_steps).tolist(),
         "train": cfg.__dict__,
+        "sampling": {"seam_anchor": SEAM_ANCHOR},
         **(extra or {}),
     }
     (out / "ltc_model.json").write_text(json.dumps(meta, indent=2) + "\n")
