@@ -886,3 +886,14 @@ def test_seam_anchor_pulls_the_first_frames_to_the_previous_frame_carried_along_
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ConfigError, match="seam_anchor"):
             load_model(str(quick_folder[0]), device="cpu", seam_anchor=bad)
+
+
+def test_a_malformed_sampling_entry_is_a_clear_error(quick_folder, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(quick_folder[0], folder)
+    meta = json.loads((folder / "ltc_model.json").read_text())
+    for bad, error in (({"seam_anchor": "strong"}, ModelNotFoundError), ("on", ModelNotFoundError), ({"seam_anchor": 7}, ConfigError)):
+        meta["sampling"] = bad
+        (folder / "ltc_model.json").write_text(json.dumps(meta))
+        with pytest.raises(error, match="seam_anchor"):
+            load_model(str(folder), device="cpu")

@@ -100,7 +100,10 @@ class DefaultModel(VideoModel):
         if not 1 <= self.steps <= 100:
             raise ConfigError(f"steps must be between 1 and 100, got {self.steps}")
         if seam_anchor is None:
-            seam_anchor = float(meta.get("sampling", {}).get("seam_anchor", 0.0))
+            try:
+                seam_anchor = float(meta.get("sampling", {}).get("seam_anchor", 0.0))
+            except (AttributeError, TypeError, ValueError):
+                raise ModelNotFoundError(f"{meta_path}: sampling.seam_anchor is malformed ({meta.get('sampling')!r})") from None
         if not 0.0 <= seam_anchor <= 1.0:  # also refuses NaN
             raise ConfigError(f"seam_anchor must be between 0 and 1, got {seam_anchor}")
         self.seam_anchor = float(seam_anchor)
