@@ -100,3 +100,13 @@ def test_an_out_of_range_seam_anchor_is_one_clear_line(tmp_path, command):
     assert out.returncode == 2, out.stderr
     assert "seam_anchor must be between 0 and 1, got 1.5" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--guided-teacher", "30"), "--guided-teacher must be between 0 and 20, got 30.0"),
+    (("--guided-teacher", "5", "--calibrate"), "it does not go with --guided-teacher"),
+])
+def test_eval_default_refuses_bad_guided_teacher_settings_in_one_line(args, message):
+    out = run_cli("eval-default", "--prompts", "1", *args)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr

@@ -897,3 +897,19 @@ def test_a_malformed_sampling_entry_is_a_clear_error(quick_folder, tmp_path):
         (folder / "ltc_model.json").write_text(json.dumps(meta))
         with pytest.raises(error, match="seam_anchor"):
             load_model(str(folder), device="cpu")
+
+
+def test_guided_teacher_at_guidance_1_is_the_plain_stream_and_guidance_moves_it(quick_folder):
+    from ltc_stream.models.default.evaluate import guided_teacher_fidelity, guided_teacher_video
+
+    model = load_model(str(quick_folder[0]), device="cpu", use_teacher=True, steps=3, seam_anchor=0.0)
+    model.ltc_weights = None
+    scene = held_out_scenes(1)[0]
+    state, emb = model.new_stream(1000), model.encode_prompt(scene.caption)
+    plain = np.concatenate([model.generate_chunk(state, emb, ltc=False).frames for _ in range(2)])
+    # guidance 1 is the conditional velocity alone: the same stream as the model's own sampler
+    assert np.abs(guided_teacher_video(model, scene, 1000, 1.0, chunks=2).astype(int) - plain).max() <= 1
+    assert np.abs(guided_teacher_video(model, scene, 1000, 5.0, chunks=2).astype(int) - plain).mean() > 0.5
+    report = guided_teacher_fidelity(model, 2, 1.0)
+    assert report["stage"] == "teacher" and report["steps"] == 3 and report["prompts"] == 2
+    assert sum(len(r["checks"]) for r in report["per_prompt"]) == report["checks"]

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError
-from ...ltc import LTCConfig, psnr
+from ...ltc import LTCConfig, psnr, sample
 from ...stream import PROMPT_CHANGES, Steering
 from .model import add_seam_anchor_argument, seam_anchor_option, sigma_schedule
-from .train import to_unit
+from .train import progress, to_unit
 from .world import COLOURS, LINEAR_MOTIONS, MOTIONS, caption, render, sample_scene
 
 PALETTE = {name: np.array(rgb, np.float32) for name, (rgb, _) in COLOURS.items()}
@@ -163,6 +163,43 @@ def check_fidelity(frames: np.ndarray, scene) -> dict:
     return {"caption": scene.caption, "seen": seen, "checks": checks, "true_object_pixels": truth["object_pixels"]}
 
 
+@torch.no_grad()
+def guided_teacher_video(model, scene, seed: int, guidance: float, chunks: int = 3) -> np.ndarray:
+    """A stream of `scene`'s caption sampled the way the distillation targets are made: the model's
+    denoiser (load it with `use_teacher=True` and the target's steps) with classifier-free guidance
+    against the empty prompt, Euler on its own schedule, no LTC and no seam anchor; the same noise
+    and causal context as `evaluate`'s streams for that seed."""
+    tokens = model.encode_prompt(scene.caption)[None]
+    empty = torch.zeros_like(tokens)
+    state, parts = model.new_stream(seed), []
+    for _ in range(chunks):
+        x_T = torch.randn(model.latent_shape(), generator=state.generator, device=model.device)
+        context = state.context
+
+        def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            both = None if context is None else torch.cat([context, context])
+            v = model.denoiser(torch.cat([x, x]), torch.full((2,), sigma, device=x.device), torch.cat([tokens, empty]), both)
+            return x - sigma * (v[1:] + guidance * (v[:1] - v[1:]))
+
+        latents, _ = sample(denoise, x_T, model.sigmas)
+        parts.append(model.decode(latents))
+        state.context = latents[:, :, -model.net.context_frames:]
+    return np.concatenate(parts)
+
+
+def guided_teacher_fidelity(model, n_prompts: int, guidance: float) -> dict:
+    """`evaluate`'s fidelity checks on `guided_teacher_video` streams: how good the targets the
+    student is distilled towards are, on the same prompts (compare with `--against`)."""
+    scenes = progress(held_out_scenes(n_prompts), n_prompts, f"guided teacher ({model.steps} steps, guidance {guidance:g})")
+    rows = [check_fidelity(guided_teacher_video(model, scene, 1000 + k, guidance)[model.frames_per_chunk:], scene)
+            for k, scene in enumerate(scenes)]
+    checks = [v for r in rows for v in r["checks"].values()]
+    return {"stage": model.stage, "steps": model.steps, "guidance": guidance,
+            "accuracy": round(float(np.mean(checks)), 3), "checks": len(checks), "ci95": bootstrap_interval(rows),
+            "by_kind": by_kind(rows), "prompts": n_prompts, "object_area": object_area(rows),
+            "per_prompt": [{"caption": r["caption"], "checks": r["checks"], "seen": r["seen"]} for r in rows]}
+
+
 def object_area(rows: list[dict]) -> dict:
     """Mean object pixels per frame, generated and true, over `check_fidelity` rows, and their ratio."""
     seen = float(np.mean([r["seen"]["object_pixels"] for r in rows]))
@@ -209,7 +246,7 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
     scenes = held_out_scenes(n_prompts)
     rows, psnrs, psnrs_fewer, calls_ltc, calls_full, seams, truth, from_truth = [], [], [], [], [], [], [], []
     full_sigmas, full_steps = model.sigmas, model.steps
-    for k, scene in enumerate(scenes):
+    for k, scene in enumerate(progress(scenes, n_prompts, "held-out prompts")):
         emb = model.encode_prompt(scene.caption)
         videos = {}
         for mode in ("ltc", "full", "fewer"):
@@ -393,7 +430,6 @@ def text_sensitivity(model, n_scenes: int = 16, sigma: float = 0.9, seed: int = 
 def sampler_angles(model, prompts: list[str], seed: int = 7) -> dict:
     """Adjacent-transition angles (rad) of the deterministic Euler sampler and of Self-Forcing's
     re-noising sampler on the same model, prompts and initial noise: LTC's premise is small angles."""
-    from ...ltc import sample
     from ..causal_wan import renoise_sample, transition_angles
 
     gen = torch.Generator().manual_seed(seed)
@@ -425,6 +461,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 192, 256])
     parser.add_argument("--threads", type=int, default=2)
     add_seam_anchor_argument(parser)
+    parser.add_argument("--guided-teacher", type=float, default=None, metavar="G",
+                        help="instead of the full report: the fidelity of the model's teacher sampled as the "
+                             "distillation targets are (guidance G against the empty prompt, --teacher-steps "
+                             "Euler steps), on the same prompts and noise")
+    parser.add_argument("--teacher-steps", type=int, default=32, help="steps for --guided-teacher (default 32)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--output", help="also write the JSON here")
     parser.add_argument("--against", metavar="REPORT",
@@ -439,14 +480,26 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--prompts must be >= 1, got {args.prompts}")
     against = load_report_rows(args.against) if args.against else None  # fail before the long work
     torch.set_num_threads(args.threads)
-    model = load_model(args.model, device="cpu", **seam_anchor_option(args))
-    if args.calibrate:
-        w = calibrate_model(model, tau=args.tau)
-        print(f"LTC calibrated: skip {w.skipped_steps}, angles {[None if a is None else round(a, 3) for a in w.angles]}",
-              file=sys.stderr)
-    report = evaluate(model, n_prompts=args.prompts, sizes=tuple(args.sizes))
+    if args.guided_teacher is not None:
+        if not 0 <= args.guided_teacher <= 20:
+            raise ConfigError(f"--guided-teacher must be between 0 and 20, got {args.guided_teacher}")
+        if args.calibrate:
+            raise ConfigError("--calibrate measures the student's LTC weights; it does not go with --guided-teacher")
+        model = load_model(args.model, device="cpu", use_teacher=True, steps=args.teacher_steps, seam_anchor=0.0)
+        if model.stage != "teacher":
+            raise ConfigError(f"{args.model} has no teacher weights to measure")
+        report = {"model": model.describe(), "guided_teacher": guided_teacher_fidelity(model, args.prompts, args.guided_teacher)}
+        rows = report["guided_teacher"]["per_prompt"]
+    else:
+        model = load_model(args.model, device="cpu", **seam_anchor_option(args))
+        if args.calibrate:
+            w = calibrate_model(model, tau=args.tau)
+            print(f"LTC calibrated: skip {w.skipped_steps}, angles {[None if a is None else round(a, 3) for a in w.angles]}",
+                  file=sys.stderr)
+        report = evaluate(model, n_prompts=args.prompts, sizes=tuple(args.sizes))
+        rows = report["fidelity"]["per_prompt"]
     if against is not None:
-        report["against"] = {"report": args.against, **paired_difference(against, report["fidelity"]["per_prompt"])}
+        report["against"] = {"report": args.against, **paired_difference(against, rows)}
         d = report["against"]
         print(f"fidelity against {args.against}: {d['before']:.1%} -> {d['after']:.1%} on {d['prompts']} prompts, "
               f"difference {d['difference']:+.1%} (95% interval {d['ci95'][0]:+.1%} to {d['ci95'][1]:+.1%})",

@@ -93,7 +93,7 @@ def student_sigmas(steps: int) -> torch.Tensor:
     return torch.linspace(1.0, 0.0, steps + 1)
 
 
-def _progress(iterable, total: int, desc: str):
+def progress(iterable, total: int, desc: str):
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, mininterval=2.0)
@@ -114,7 +114,7 @@ def make_dataset(cfg: TrainConfig, net: NetConfig) -> dict[str, torch.Tensor]:
     frames = np.empty((cfg.clips, n_frames, net.height, net.width, 3), np.uint8)
     masks = np.empty((cfg.clips, n_frames, net.height // 8, net.width // 8), np.float32)
     captions, attributes, velocities = [], [], []
-    for i in _progress(range(cfg.clips), cfg.clips, "render clips"):
+    for i in progress(range(cfg.clips), cfg.clips, "render clips"):
         scene = sample_scene(int(rng.integers(2**31)))
         start = int(rng.integers(0, 400))
         frames[i] = render(scene, start, n_frames, net.height, net.width)
@@ -175,7 +175,7 @@ def train_attributes(model: Denoiser, tokens: torch.Tensor, labels: torch.Tensor
     gen = torch.Generator().manual_seed(cfg.seed + 5)
     params = list(model.attr_text.parameters()) + list(model.attr_head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    for step in _progress(range(cfg.attribute_steps), cfg.attribute_steps, "text attributes"):
+    for step in progress(range(cfg.attribute_steps), cfg.attribute_steps, "text attributes"):
         _cosine_lr(opt, step, cfg.attribute_steps, cfg.lr)
         idx = torch.randint(len(tokens), (cfg.attribute_batch,), generator=gen)
         logits = model.attribute_logits(tokens[idx])
@@ -265,7 +265,7 @@ def train_autoencoder(ae: Autoencoder, data, cfg: TrainConfig, log: list) -> Non
     frames = data["frames"].flatten(0, 1)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    for step in _progress(range(cfg.ae_steps), cfg.ae_steps, "autoencoder"):
+    for step in progress(range(cfg.ae_steps), cfg.ae_steps, "autoencoder"):
         _cosine_lr(opt, step, cfg.ae_steps, cfg.lr)
         idx = torch.randint(len(frames), (cfg.ae_batch,), generator=gen)
         x = to_unit(frames[idx])
@@ -378,7 +378,7 @@ def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainCo
     base_lr = cfg.lr * 0.5 if (warm or start) else cfg.lr
     opt = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=0.01)
     desc = "teacher (flow matching)" if start == 0 else f"teacher (flow matching, steps {start}..{cfg.teacher_steps})"
-    for local in _progress(range(total), total, desc):
+    for local in progress(range(total), total, desc):
         step = start + local
         _cosine_lr(opt, local, total, base_lr)
         idx = torch.randint(len(latents), (cfg.teacher_batch,), generator=gen)
@@ -427,7 +427,7 @@ def teacher_trajectories(teacher: Denoiser, latents, tokens, net: NetConfig, cfg
     sig = student_sigmas(cfg.student_steps)
     records = []
     n_batches = max(1, cfg.distil_trajectories // cfg.distil_batch)
-    for _ in _progress(range(n_batches), n_batches, "teacher trajectories"):
+    for _ in progress(range(n_batches), n_batches, "teacher trajectories"):
         idx = torch.randint(len(latents), (cfg.distil_batch,), generator=gen)
         context, x0 = split_clip(latents[idx], net)
         context = shift_contexts(context, shifted, idx, cfg.context_shift, gen)
@@ -456,7 +456,7 @@ def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: lis
     sig = student_sigmas(cfg.student_steps)
     ema = copy.deepcopy(student).requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr * 0.25, weight_decay=0.0)
-    for step in _progress(range(cfg.distil_steps), cfg.distil_steps, f"distil to {cfg.student_steps} steps"):
+    for step in progress(range(cfg.distil_steps), cfg.distil_steps, f"distil to {cfg.student_steps} steps"):
         _cosine_lr(opt, step, cfg.distil_steps, cfg.lr * 0.25)
         idx, context, keep, states = records[int(torch.randint(len(records), (1,), generator=gen))]
         i = torch.randint(cfg.student_steps, (len(idx),), generator=gen)
