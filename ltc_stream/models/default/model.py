@@ -165,8 +165,7 @@ class DefaultModel(VideoModel):
             return last.expand(-1, -1, frames, -1, -1)
         b, c, tc, hh, ww = context.shape
         tok = tokens.expand(b, -1, -1) if tokens.shape[0] != b else tokens
-        side = min(hh, ww)
-        velocity = self.denoiser.velocity(tok) * context.new_tensor([side / ww, side / hh])
+        velocity = self.denoiser.grid_velocity(tok, hh, ww)
         moved = self.denoiser.moved_context(context, velocity, frames)  # [B, C * Tc, frames, h, w]
         return moved.view(b, c, tc, frames, hh, ww)[:, :, -1]
 

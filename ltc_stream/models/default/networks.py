@@ -388,6 +388,12 @@ class Denoiser(nn.Module):
             features = self.attribute_features(tokens)
         return self.velocity_head(self.attribute_probabilities(features)).clamp(-self.MAX_VELOCITY, self.MAX_VELOCITY)
 
+    def grid_velocity(self, tokens: torch.Tensor, height: int, width: int, features: torch.Tensor | None = None) -> torch.Tensor:
+        """`velocity` (of the smaller side, as the world's speeds) as fractions of the width and of the
+        height of a `height` x `width` grid: what `translate` takes. [B, 2]."""
+        side = min(height, width)
+        return self.velocity(tokens, features) * tokens.new_tensor([side / width, side / height])
+
     def moved_context(self, context: torch.Tensor, velocity: torch.Tensor, frames: int) -> torch.Tensor:
         """The context frames [B, C, Tc, h, w] moved, for each of the chunk's `frames`, to where the
         prompt's motion has taken them by then (context frame j is Tc - j + t frames before chunk
@@ -425,9 +431,7 @@ class Denoiser(nn.Module):
         h = self.inp(torch.cat([x, ctx, flag], dim=1)) + self.frame_pos[:, :, :t]
         velocity = None
         if self.velocity_head is not None:
-            # of the smaller side (as the world's speeds) -> of the width and of the height
-            side = min(hh, ww)
-            velocity = self.velocity(tokens, features) * x.new_tensor([side / ww, side / hh])
+            velocity = self.grid_velocity(tokens, hh, ww, features)
             if context is not None:
                 h = h + self.ctx_along(self.moved_context(context, velocity, t))
         for block in self.down_blocks:
