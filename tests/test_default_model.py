@@ -913,3 +913,63 @@ def test_guided_teacher_at_guidance_1_is_the_plain_stream_and_guidance_moves_it(
     report = guided_teacher_fidelity(model, 2, 1.0)
     assert report["stage"] == "teacher" and report["steps"] == 3 and report["prompts"] == 2
     assert sum(len(r["checks"]) for r in report["per_prompt"]) == report["checks"]
+
+
+class _LinearVelocity(torch.nn.Module):
+    """A 'denoiser' whose velocity is a * x + b whatever the prompt and context: Euler steps on it
+    have a closed form to test rollouts against."""
+
+    def __init__(self, a: float, b: float):
+        super().__init__()
+        self.a, self.b = torch.nn.Parameter(torch.tensor(a)), b
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x, sigma, tokens, context=None, cross_keep=None):
+        self.inputs.append(x.detach().clone())
+        return self.a * x + self.b
+
+
+def test_student_rollout_is_the_students_own_euler_steps_from_the_noise():
+    from ltc_stream.models.default.train import student_rollout, student_sigmas
+
+    sig = student_sigmas(4)
+    noise = torch.randn(5, 2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    i = torch.tensor([0, 1, 2, 3, 2])
+    a, b = 0.7, 0.2
+    got = student_rollout(_LinearVelocity(a, b), noise, i, sig, torch.zeros(5, 1, 1), None, torch.ones(5, dtype=torch.bool))
+    for r in range(5):  # x <- x + h (a x + b), by hand in float64
+        x = noise[r].double()
+        for j in range(int(i[r])):
+            h = float(sig[j + 1] - sig[j])
+            x = x + h * (a * x + b)
+        torch.testing.assert_close(got[r].double(), x, rtol=1e-5, atol=1e-5)
+
+
+def test_distil_rollout_starts_steps_from_the_students_states_and_is_off_by_default():
+    from ltc_stream.models.default.train import student_sigmas, train_student
+
+    sig = student_sigmas(4)
+    states = torch.randn(3, 5, 2, 2, 2, 2, generator=torch.Generator().manual_seed(1))  # [B, steps + 1, ...]
+    records = [(torch.arange(3), torch.zeros(3, 2, 1, 2, 2), torch.ones(3, dtype=torch.bool), states)]
+    cfg = dataclasses.replace(TrainConfig.quick(), distil_steps=8, object_weight=0.0, lr=0.0)  # the student stays put
+    a = 0.5
+
+    def key(x):
+        return tuple(round(v, 4) for v in x.flatten()[:4].tolist())
+
+    def inputs(share):
+        student = _LinearVelocity(a, 0.0)
+        train_student(student, records, torch.zeros(3, 1, 1), dataclasses.replace(cfg, distil_rollout=share), [])
+        return {key(row) for x in student.inputs for row in x}
+
+    teacher = {key(states[r, k]) for r in range(3) for k in range(4)}
+    noise = {key(states[r, 0]) for r in range(3)}
+    own = set()  # the student's own states by hand: x_k = x_0 * prod_j (1 + h_j a)
+    for r in range(3):
+        x = states[r, 0].double()
+        for j in range(3):
+            x = x * (1 + float(sig[j + 1] - sig[j]) * a)
+            own.add(key(x.float()))
+    off, on = inputs(0.0), inputs(1.0)
+    assert off <= teacher and off - noise  # off: teacher states only, beyond the noise
+    assert on <= noise | own and on & own  # on: from step 1 on, only the student's own states

@@ -45,6 +45,13 @@ class TrainConfig:
     distil_steps: int = 700
     distil_batch: int = 16
     student_steps: int = 4
+    # distillation: share of samples whose input at the student's step i > 0 is the student's own
+    # state there (i Euler steps of the current student from the trajectory's noise, no gradient)
+    # instead of the teacher's; the target is the chord from that state to the teacher's next state,
+    # so one step brings a drifted student back onto the teacher's path (backward distillation, as
+    # in Imagine Flash: trained only on the teacher's states, the student never sees its own errors,
+    # and at run time each step starts from the last one's). 0 (off) until a run shows it helps
+    distil_rollout: float = 0.0
     text_dropout: float = 0.1  # teacher: share of prompts replaced by the empty prompt (for guidance)
     # share of samples trained without the previous chunk's latents: a stream's first chunk has
     # none, and only these samples make the model draw the scene from the text alone (with
@@ -448,6 +455,18 @@ def teacher_trajectories(teacher: Denoiser, latents, tokens, net: NetConfig, cfg
     return records
 
 
+@torch.no_grad()
+def student_rollout(student: Denoiser, noise: torch.Tensor, i: torch.Tensor, sig: torch.Tensor, tokens, context,
+                    keep) -> torch.Tensor:
+    """Row r's state after `i[r]` Euler steps of `student` on the schedule `sig` from `noise[r]`
+    (the state it reaches at run time): [B, C, T, h, w]; rows with i = 0 are their noise."""
+    x, out = noise, noise.clone()
+    for j in range(int(i.max())):
+        x = x + (sig[j + 1] - sig[j]) * denoiser_velocity(student, x, sig[j].expand(len(x)), tokens, context, keep)
+        out[i == j + 1] = x[i == j + 1]
+    return out
+
+
 def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: list,
                   masks: torch.Tensor | None = None) -> Denoiser:
     """At student sigma s_i from the teacher state x_i, the target velocity is the chord
@@ -462,6 +481,11 @@ def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: lis
         i = torch.randint(cfg.student_steps, (len(idx),), generator=gen)
         rows = torch.arange(len(idx))
         x_i, x_next = states[rows, i], states[rows, i + 1]
+        if cfg.distil_rollout > 0:
+            own = (torch.rand(len(idx), generator=gen) < cfg.distil_rollout) & (i > 0)
+            if own.any():
+                x_i = torch.where(own.view(-1, 1, 1, 1, 1), student_rollout(student, states[:, 0], i, sig, tokens[idx],
+                                                                             context, keep), x_i)
         s_i, s_next = sig[i], sig[i + 1]
         target = (x_i - x_next) / (s_i - s_next).view(-1, 1, 1, 1, 1)
         v = denoiser_velocity(student, x_i, s_i, tokens[idx], context, keep)
@@ -742,10 +766,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "way costs more (default 0)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale distilled into the student (default 5.0)")
+    parser.add_argument("--distil-rollout", type=float, default=None,
+                        help="share of distillation samples that start a step from the student's own state (its earlier "
+                             "steps run from the trajectory's noise) instead of the teacher's, with the teacher's next "
+                             "state as the target (default 0)")
 
 
 _RESUME_ADOPTS = ("teacher_steps", "distil_trajectories", "distil_steps", "student_steps", "context_drop",
-                  "object_weight", "object_weight_sigma", "motion_weight", "cross_attn_drop", "context_shift", "guidance")
+                  "object_weight", "object_weight_sigma", "motion_weight", "cross_attn_drop", "context_shift", "guidance", "distil_rollout")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -771,7 +799,8 @@ def main(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
             setattr(cfg, name, value)
     for name, low, high in (("guidance", 1, 20), ("context_drop", 0, 1), ("object_weight", 0, 100), ("motion_weight", 0, 100),
-                            ("cross_attn_drop", 0, 1), ("context_shift", 0, 1), ("object_weight_sigma", 0, 1)):
+                            ("cross_attn_drop", 0, 1), ("context_shift", 0, 1), ("object_weight_sigma", 0, 1),
+                            ("distil_rollout", 0, 1)):
         value = getattr(args, name)
         if value is not None:
             if not low <= value <= high:
