@@ -973,3 +973,36 @@ def test_distil_rollout_starts_steps_from_the_students_states_and_is_off_by_defa
     off, on = inputs(0.0), inputs(1.0)
     assert off <= teacher and off - noise  # off: teacher states only, beyond the noise
     assert on <= noise | own and on & own  # on: from step 1 on, only the student's own states
+
+
+def test_distil_filter_keeps_the_trajectories_that_read_like_their_clips():
+    from ltc_stream.models.default.networks import NetConfig as Net
+    from ltc_stream.models.default.train import filter_trajectories, to_unit
+    from ltc_stream.models.default.world import COLOURS
+
+    scene = next(s for s in map(sample_scene, range(1000)) if len(s.objects) == 1 and s.background == "plain"
+                 and s.main.motion in ("left", "right") and s.main.speed == "fast")
+    net = Net(height=64, width=64, context_frames=2, frames_per_chunk=8)
+    clip = torch.from_numpy(render(scene, 0, 10, 64, 64))  # context + chunk: the truth
+
+    class PixelsAsLatents:  # decode(z) = z: the "latents" are the pictures in [-1, 1]
+        latent_scale = 1.0
+
+        @staticmethod
+        def decode(z):
+            return z
+
+    other_bg = next(c for c in COLOURS if c not in (scene.bg_colours[0], scene.main.colour))
+    other_obj = next(c for c in COLOURS if c not in (scene.bg_colours[0], scene.main.colour, other_bg))
+    variants = {
+        "same": render(scene, 0, 10, 64, 64)[2:],
+        "background": render(dataclasses.replace(scene, bg_colours=(other_bg,)), 0, 10, 64, 64)[2:],
+        "object": render(dataclasses.replace(scene, objects=[dataclasses.replace(scene.main, colour=other_obj)]), 0, 10, 64, 64)[2:],
+        "direction": render(scene, 0, 10, 64, 64)[2:][::-1].copy(),  # the same frames played backwards
+    }
+    finals = torch.stack([to_unit(torch.from_numpy(v)).movedim(0, 1) for v in variants.values()])  # [4, 3, T, H, W]
+    states = torch.stack([torch.randn_like(finals), finals], 1)  # [B, 2, ...]: noise, then the "teacher's" output
+    records = [(torch.zeros(4, dtype=torch.long), torch.zeros(4, 3, 2, 64, 64), torch.ones(4, dtype=torch.bool), states)]
+    kept, counts = filter_trajectories(records, PixelsAsLatents(), clip[None], net)
+    assert counts == {"trajectories": 4, "kept": 1, "background": 1, "object": 1, "direction": 1}
+    assert len(kept) == 1 and torch.equal(kept[0][3], states[:1])

@@ -18,7 +18,7 @@ from ...device import resolve_device
 from ...errors import ConfigError, ModelNotFoundError
 from ...ltc import LTCConfig, LTCWeights, OnlineLTC, calibrate, make_key, sample
 from ..base import ChunkResult, VideoModel
-from .networks import Autoencoder, Denoiser, NetConfig, context_baseline
+from .networks import Autoencoder, Denoiser, NetConfig, context_baseline, from_unit
 from .text import shared_text_encoder
 
 log = logging.getLogger(__name__)
@@ -193,9 +193,7 @@ class DefaultModel(VideoModel):
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """[1, C, T, h, w] latents -> uint8 [T, H, W, 3]."""
-        z = latents[0].movedim(1, 0)  # [T, C, h, w]
-        img = self.autoencoder.decode(z).clamp(-1, 1)
-        return ((img + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return from_unit(self.autoencoder.decode(latents[0].movedim(1, 0)))  # [T, C, h, w] -> frames
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

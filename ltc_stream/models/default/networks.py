@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -104,6 +105,11 @@ class Decoder(nn.Module):
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.net(latents)
+
+
+def from_unit(images: torch.Tensor) -> np.ndarray:
+    """float [..., 3, H, W] in [-1, 1] (clipped) -> uint8 [..., H, W, 3]: the inverse of `train.to_unit`."""
+    return ((images.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).movedim(-3, -1).cpu().numpy()
 
 
 class Autoencoder(nn.Module):

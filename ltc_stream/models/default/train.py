@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from ...errors import ConfigError
 from .model import SEAM_ANCHOR
-from .networks import Autoencoder, Denoiser, NetConfig, context_baseline
+from .networks import Autoencoder, Denoiser, NetConfig, context_baseline, from_unit
 from .text import shared_text_encoder
 from .world import ATTRIBUTES, caption, linear_velocity, object_coverage, render, sample_scene, scene_attributes
 
@@ -52,6 +52,12 @@ class TrainConfig:
     # in Imagine Flash: trained only on the teacher's states, the student never sees its own errors,
     # and at run time each step starts from the last one's). 0 (off) until a run shows it helps
     distil_rollout: float = 0.0
+    # distillation: keep only the trajectories whose teacher output reads, to the fidelity check's
+    # pixel reader (`evaluate.read_video`), like the clip's own frames do (background colour, object
+    # colour, direction of motion where the clip's frames show one): the student learns the teacher's
+    # successes, not its failures (filtered distillation; the reader is the evaluation's, so a gain
+    # measured by it is checked against object_area and the pictures too). Off until a run shows it helps
+    distil_filter: bool = False
     text_dropout: float = 0.1  # teacher: share of prompts replaced by the empty prompt (for guidance)
     # share of samples trained without the previous chunk's latents: a stream's first chunk has
     # none, and only these samples make the model draw the scene from the text alone (with
@@ -467,6 +473,30 @@ def student_rollout(student: Denoiser, noise: torch.Tensor, i: torch.Tensor, sig
     return out
 
 
+@torch.no_grad()
+def filter_trajectories(records, ae: Autoencoder, frames: torch.Tensor, net: NetConfig) -> tuple[list, dict]:
+    """`records` without the rows whose teacher output (the last state, decoded) reads differently
+    from the clip's own chunk frames (`frames` [N, Tc+T, H, W, 3] uint8): background colour, object
+    colour, and direction of motion where the clip's frames show one. Returns (records, counts)."""
+    from .evaluate import read_video  # evaluate imports this module
+
+    kept, counts = [], {"trajectories": 0, "kept": 0, "background": 0, "object": 0, "direction": 0}
+    for idx, context, keep, states in progress(records, len(records), "filter trajectories"):
+        good = torch.ones(len(idx), dtype=torch.bool)
+        for r in range(len(idx)):
+            video = from_unit(ae.decode(states[r, -1].movedim(1, 0)))
+            seen, truth = read_video(video), read_video(frames[int(idx[r]), net.context_frames:].numpy())
+            for kind in ("background", "object", "direction"):
+                if truth[kind] is not None and seen[kind] != truth[kind]:
+                    counts[kind] += 1
+                    good[r] = False
+        counts["trajectories"] += len(idx)
+        counts["kept"] += int(good.sum())
+        if good.any():
+            kept.append((idx[good], context[good], keep[good], states[good]))
+    return kept, counts
+
+
 def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: list,
                   masks: torch.Tensor | None = None) -> Denoiser:
     """At student sigma s_i from the teacher state x_i, the target velocity is the chord
@@ -691,6 +721,12 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
     print(f"[train-default] teacher done at {time.time() - t0:.0f} s")
 
     records = teacher_trajectories(teacher, latents, data["tokens"], net, cfg, shifted)
+    if cfg.distil_filter:
+        records, counts = filter_trajectories(records, ae.eval(), data["frames"], net)
+        print(f"[train-default] kept {counts['kept']} of {counts['trajectories']} teacher trajectories (failed: background "
+              f"{counts['background']}, object {counts['object']}, direction {counts['direction']})")
+        if not records:
+            raise ConfigError("--distil-filter: no teacher trajectory passed the pixel checks; train the teacher longer")
     student = train_student(freeze_attributes(copy.deepcopy(teacher).requires_grad_(True)), records, data["tokens"], cfg,
                             log, masks=chunk_masks)
     elapsed = time.time() - t0
@@ -766,6 +802,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "way costs more (default 0)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale distilled into the student (default 5.0)")
+    parser.add_argument("--distil-filter", action=argparse.BooleanOptionalAction, default=None,
+                        help="distil only from teacher trajectories whose output reads like the clip's own frames to the "
+                             "fidelity check's pixel reader (background and object colour, direction) (default: off)")
     parser.add_argument("--distil-rollout", type=float, default=None,
                         help="share of distillation samples that start a step from the student's own state (its earlier "
                              "steps run from the trajectory's noise) instead of the teacher's, with the teacher's next "
@@ -773,7 +812,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _RESUME_ADOPTS = ("teacher_steps", "distil_trajectories", "distil_steps", "student_steps", "context_drop",
-                  "object_weight", "object_weight_sigma", "motion_weight", "cross_attn_drop", "context_shift", "guidance", "distil_rollout")
+                  "object_weight", "object_weight_sigma", "motion_weight", "cross_attn_drop", "context_shift", "guidance", "distil_rollout",
+                  "distil_filter")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -806,6 +846,8 @@ def main(args: argparse.Namespace) -> int:
             if not low <= value <= high:
                 raise ConfigError(f"--{name.replace('_', '-')} must be between {low} and {high}, got {value}")
             setattr(cfg, name, value)
+    if args.distil_filter is not None:
+        cfg.distil_filter = args.distil_filter
     if args.size % 8 or not 32 <= args.size <= 512:
         raise ConfigError(f"--size must be a multiple of 8 between 32 and 512, got {args.size}")
     # network options off by default; with --resume, the folder's own unless given
@@ -813,6 +855,8 @@ def main(args: argparse.Namespace) -> int:
                for key in _NETWORK_SWITCHES}
     text_attributes = args.text_attributes if args.text_attributes is not None else bool(saved_net.get("attribute_classes"))
     options["attribute_classes"] = tuple(len(classes) for classes in ATTRIBUTES.values()) if text_attributes else ()
+    if cfg.distil_filter and options["residual_context"]:
+        raise ConfigError("--distil-filter reads the teacher's chunks as pictures; with --residual-context they are changes")
     if options["text_velocity"] and not text_attributes:
         raise ConfigError("--text-velocity reads the prompt through the attribute pooling: add --text-attributes")
     net = NetConfig(height=args.size, width=args.size, cross_attn=True, self_attn=args.self_attn, **options)
