@@ -65,6 +65,8 @@ def test_random_weight_models_refuse_to_run_without_the_flag():
     (("--motion-weight", "101"), "--motion-weight must be between 0 and 100"),
     (("--object-weight-sigma", "1.5"), "--object-weight-sigma must be between 0 and 1"),
     (("--text-velocity",), "--text-velocity reads the prompt through the attribute pooling: add --text-attributes"),
+    (("--distil-rollout", "1.5"), "--distil-rollout must be between 0 and 1"),
+    (("--distil-filter", "--residual-context"), "--distil-filter reads the teacher's chunks as pictures"),
 ])
 def test_train_default_refuses_bad_settings_in_one_line(tmp_path, args, message):
     out = run_cli("train-default", "--quick", "--output", str(tmp_path / "m"), *args)
