@@ -466,11 +466,13 @@ def student_rollout(student: Denoiser, noise: torch.Tensor, i: torch.Tensor, sig
                     keep) -> torch.Tensor:
     """Row r's state after `i[r]` Euler steps of `student` on the schedule `sig` from `noise[r]`
     (the state it reaches at run time): [B, C, T, h, w]; rows with i = 0 are their noise."""
-    x, out = noise, noise.clone()
+    x = noise.clone()
     for j in range(int(i.max())):
-        x = x + (sig[j + 1] - sig[j]) * denoiser_velocity(student, x, sig[j].expand(len(x)), tokens, context, keep)
-        out[i == j + 1] = x[i == j + 1]
-    return out
+        rows = i > j  # only the rows that still have steps to go
+        ctx = None if context is None else context[rows]
+        v = denoiser_velocity(student, x[rows], sig[j].expand(int(rows.sum())), tokens[rows], ctx, keep[rows])
+        x[rows] = x[rows] + (sig[j + 1] - sig[j]) * v
+    return x
 
 
 @torch.no_grad()
