@@ -516,8 +516,8 @@ def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: lis
         if cfg.distil_rollout > 0:
             own = (torch.rand(len(idx), generator=gen) < cfg.distil_rollout) & (i > 0)
             if own.any():
-                x_i = torch.where(own.view(-1, 1, 1, 1, 1), student_rollout(student, states[:, 0], i, sig, tokens[idx],
-                                                                             context, keep), x_i)
+                rolled = student_rollout(student, states[:, 0], torch.where(own, i, 0), sig, tokens[idx], context, keep)
+                x_i = torch.where(own.view(-1, 1, 1, 1, 1), rolled, x_i)
         s_i, s_next = sig[i], sig[i + 1]
         target = (x_i - x_next) / (s_i - s_next).view(-1, 1, 1, 1, 1)
         v = denoiser_velocity(student, x_i, s_i, tokens[idx], context, keep)
@@ -722,7 +722,7 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
         save_loss_curves(log, out / "loss_curves.png")
     print(f"[train-default] teacher done at {time.time() - t0:.0f} s")
 
-    records = teacher_trajectories(teacher, latents, data["tokens"], net, cfg, shifted)
+    records, counts = teacher_trajectories(teacher, latents, data["tokens"], net, cfg, shifted), None
     if cfg.distil_filter:
         records, counts = filter_trajectories(records, ae.eval(), data["frames"], net)
         print(f"[train-default] kept {counts['kept']} of {counts['trajectories']} teacher trajectories (failed: background "
@@ -740,6 +740,8 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
         "final_loss": {s: float(np.mean([r[2] for r in log if r[0] == s][-50:])) for s in ("ae", "teacher", "distil")
                        if any(r[0] == s for r in log)},
     }
+    if counts is not None:
+        summary["distil_filter"] = counts
     if net.attribute_classes:
         summary["attribute_accuracy_held_out"] = attribute_accuracy(student, *held_out_attributes(500, net))
         print(f"[train-default] text adapter on 500 held-out captions: {summary['attribute_accuracy_held_out']}")
