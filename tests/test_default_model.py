@@ -1006,3 +1006,23 @@ def test_distil_filter_keeps_the_trajectories_that_read_like_their_clips():
     kept, counts = filter_trajectories(records, PixelsAsLatents(), clip[None], net)
     assert counts == {"trajectories": 4, "kept": 1, "background": 1, "object": 1, "direction": 1}
     assert len(kept) == 1 and torch.equal(kept[0][3], states[:1])
+
+
+def test_resume_redistils_with_rollouts_and_the_filter_refuses_a_teacher_with_no_successes(quick_folder, tmp_path):
+    import shutil
+
+    from ltc_stream.errors import ConfigError
+
+    folder = tmp_path / "m"
+    shutil.copytree(quick_folder[0], folder)
+    meta = json.loads((folder / "ltc_model.json").read_text())
+    net = NetConfig.from_dict(meta["net"])
+    teacher, student = (folder / "teacher.safetensors").read_bytes(), (folder / "student.safetensors").read_bytes()
+    train(dataclasses.replace(TrainConfig.quick(), distil_rollout=0.5), net, folder, resume=True)
+    saved = json.loads((folder / "ltc_model.json").read_text())["train"]
+    assert saved["distil_rollout"] == 0.5 and saved["distil_filter"] is False
+    assert (folder / "teacher.safetensors").read_bytes() == teacher  # the teacher is reused
+    assert (folder / "student.safetensors").read_bytes() != student  # the student is distilled again
+    # a seconds-long teacher draws nothing the reader recognises: one clear error, not an empty training
+    with pytest.raises(ConfigError, match="no teacher trajectory passed the pixel checks"):
+        train(dataclasses.replace(TrainConfig.quick(), distil_filter=True), net, folder, resume=True)
