@@ -502,7 +502,9 @@ def filter_trajectories(records, ae: Autoencoder, frames: torch.Tensor, net: Net
 def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: list,
                   masks: torch.Tensor | None = None) -> Denoiser:
     """At student sigma s_i from the teacher state x_i, the target velocity is the chord
-    (x_i - x_{i+1}) / (s_i - s_{i+1}): one student Euler step then lands on the teacher's x_{i+1}."""
+    (x_i - x_{i+1}) / (s_i - s_{i+1}): one student Euler step then lands on the teacher's x_{i+1}.
+    With `cfg.distil_rollout`, a share of the samples at i > 0 use the student's own state instead
+    of x_i (`student_rollout`), the target still the chord to the teacher's x_{i+1}."""
     gen = torch.Generator().manual_seed(cfg.seed + 4)
     sig = student_sigmas(cfg.student_steps)
     ema = copy.deepcopy(student).requires_grad_(False)
