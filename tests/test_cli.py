@@ -65,6 +65,8 @@ def test_random_weight_models_refuse_to_run_without_the_flag():
     (("--motion-weight", "101"), "--motion-weight must be between 0 and 100"),
     (("--object-weight-sigma", "1.5"), "--object-weight-sigma must be between 0 and 1"),
     (("--text-velocity",), "--text-velocity reads the prompt through the attribute pooling: add --text-attributes"),
+    (("--colour-palette",), "--colour-palette reads the prompt through the attribute pooling: add --text-attributes"),
+    (("--colour-palette", "--text-attributes", "--residual-context"), "--colour-palette draws colours"),
     (("--distil-rollout", "1.5"), "--distil-rollout must be between 0 and 1"),
     (("--distil-filter", "--residual-context"), "--distil-filter reads the teacher's chunks as pictures"),
 ])

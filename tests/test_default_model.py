@@ -17,8 +17,9 @@ from ltc_stream.models.default.networks import Denoiser, NetConfig
 from ltc_stream.models.default.train import (LOG_STAGES, TrainConfig, _init_teacher_from, _resumable_stage,
                                               attribute_accuracy, denoiser_velocity, diffused_chunk, embed_captions,
                                               fit_velocity_head, flow_loss, held_out_attributes, held_out_caption_scenes,
-                                              latent_mask, motion_mse, train, train_attributes, weighted_mse)
-from ltc_stream.models.default.world import (ATTRIBUTES, LINEAR_MOTIONS, Scene, linear_velocity, object_coverage,
+                                              latent_mask, motion_mse, palette_from_data, train, train_attributes,
+                                              weighted_mse)
+from ltc_stream.models.default.world import (ATTRIBUTES, BACKGROUND_KINDS, COLOURS, LINEAR_MOTIONS, Scene, linear_velocity, object_coverage,
                                              object_state, parse_caption, render, sample_scene, scene_attributes)
 
 
@@ -823,6 +824,72 @@ def test_text_velocity_starts_as_the_same_function_and_moves_the_context_to_the_
     for _ in range(2):  # the second chunk has a context to move
         chunk = loaded.generate_chunk(state, emb, ltc=False)
     assert chunk.frames.shape == (4, 64, 64, 3) and state.chunk_index == 2
+
+
+def test_colour_palette_starts_as_the_same_function_and_mixes_the_prompts_colours(quick_folder, tmp_path):
+    classes = tuple(len(c) for c in ATTRIBUTES.values())
+    net, plain, grown, missing, gen = _plain_and_grown(quick_folder[0], 6, attribute_classes=classes)
+    base = Denoiser(dataclasses.replace(net, attribute_classes=classes))
+    base.load_state_dict(grown.state_dict())
+    grown = Denoiser(dataclasses.replace(net, attribute_classes=classes, colour_palette=True))
+    new = grown.load_state_dict(base.state_dict(), strict=False).missing_keys
+    assert sorted(new) == ["palette", "palette_gate.bias", "palette_gate.weight", "palette_scale"]
+    grown.palette.data.normal_(0.0, 1.0, generator=gen)  # a palette: with its scale at zero it still adds nothing
+    b, c, t, h = 2, net.latent_channels, net.frames_per_chunk, net.height // 8
+    x, sigma = torch.randn(b, c, t, h, h, generator=gen), torch.tensor([0.9, 0.3])
+    tokens = torch.randn(b, net.max_tokens, net.text_dim, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, sigma, tokens, None), base(x, sigma, tokens, None))
+        # scale 1, the gate all on the background's slot: x0 gains the background colour's latent, which
+        # is the classifier's background-colour probabilities times the palette
+        grown.palette_scale.fill_(1.0)
+        grown.palette_gate.bias.copy_(torch.tensor([0.0, 50.0, 0.0, 0.0]))
+        names = list(ATTRIBUTES)
+        probs = grown.attribute_logits(tokens)[names.index("background_colour")].softmax(-1)
+        expected = probs @ grown.palette  # [B, C]
+        x0_change = -(grown(x, sigma, tokens, None) - base(x, sigma, tokens, None))  # v = noise - x0
+        torch.testing.assert_close(x0_change, expected[:, :, None, None, None].expand_as(x0_change), atol=1e-5, rtol=1e-4)
+
+    # grown by train(): the palette starts at the data's colours and is trained with the rest; the
+    # folder loads and streams through the ordinary path
+    out = tmp_path / "palette"
+    train(TrainConfig.quick(), dataclasses.replace(grown.cfg, text_velocity=True), out, init_from=quick_folder[0])
+    teacher = load_file(str(out / "teacher.safetensors"))
+    assert teacher["palette"].abs().sum() > 0 and teacher["palette_scale"].abs().sum() > 0
+    loaded = load_model(str(out), device="cpu")
+    assert loaded.denoiser.cfg.colour_palette
+    state, emb = loaded.new_stream(0), loaded.encode_prompt("a red ball moving left on a blue background")
+    for _ in range(2):
+        chunk = loaded.generate_chunk(state, emb, ltc=False)
+    assert chunk.frames.shape == (4, 64, 64, 3) and np.isfinite(chunk.frames).all()
+
+
+def test_palette_from_data_is_each_plain_backgrounds_mean_latent_where_no_object_is():
+    gen = torch.Generator().manual_seed(3)
+    n, c, t, h = 40, 4, 3, 6
+    latents = torch.randn(n, c, t, h, h, generator=gen)
+    masks = (torch.rand(n, t, h, h, generator=gen) > 0.7).float()
+    attributes = torch.zeros(n, len(ATTRIBUTES), dtype=torch.long)
+    names = list(ATTRIBUTES)
+    attributes[:, names.index("background")] = torch.randint(0, len(BACKGROUND_KINDS), (n,), generator=gen)
+    attributes[:, names.index("background_colour")] = torch.randint(0, 3, (n,), generator=gen)  # colours 3..9 unseen
+    palette = palette_from_data(latents, attributes, masks)
+    assert palette.shape == (len(COLOURS), c)
+    for k in range(len(COLOURS)):  # loop by hand: every pixel one at a time
+        total, count = np.zeros(c), 0
+        for i in range(n):
+            if attributes[i, names.index("background")] != BACKGROUND_KINDS.index("plain") \
+                    or attributes[i, names.index("background_colour")] != k:
+                continue
+            for f in range(t):
+                for y in range(1, h - 1):
+                    for x in range(1, h - 1):
+                        if masks[i, f, y, x] == 0:
+                            total += latents[i, :, f, y, x].numpy()
+                            count += 1
+        want = total / count if count else np.zeros(c)
+        np.testing.assert_allclose(palette[k].numpy(), want, atol=1e-5)
+    assert palette[3:].abs().sum() == 0
 
 
 def test_velocity_head_reads_the_direction_and_speed_from_held_out_captions():

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .text import EMBED_DIM
+from .world import ATTRIBUTES
 
 
 @dataclass
@@ -54,6 +55,11 @@ class NetConfig:
     # block also mixes its neighbouring frames moved by it, and the context frames are moved by it
     # to where the chunk's frames are, so following the named direction is alignment, not search
     text_velocity: bool = False
+    # colours drawn from a palette (needs attribute_classes): a learned latent per named colour; the
+    # output takes, per latent pixel, a mixture of the prompt's colours (the object's, the background's
+    # two, the second object's: the attribute classifier's probabilities times the palette) chosen by
+    # a gate on the last features, so where a colour goes is the network's and what it is, the words'
+    colour_palette: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -319,6 +325,11 @@ def context_baseline(context: torch.Tensor | None, frames: int, keep: torch.Tens
     return base
 
 
+# the attributes (world.ATTRIBUTES) whose colours `colour_palette` mixes: object, background (both
+# colours), second object
+PALETTE_SLOTS = tuple(list(ATTRIBUTES).index(name) for name in ("colour", "background_colour", "background_colour_2", "second_colour"))
+
+
 class Denoiser(nn.Module):
     """Predicts the flow-matching velocity v = noise - x0 of a latent chunk [B, C, T, h, w],
     given sigma, the prompt's token states and the previous chunk's last latent frames."""
@@ -371,6 +382,19 @@ class Denoiser(nn.Module):
             self.ctx_along = nn.Conv3d(c * cfg.context_frames, w0, (1, 3, 3), padding=(0, 1, 1))
             nn.init.zeros_(self.ctx_along.weight)
             nn.init.zeros_(self.ctx_along.bias)
+        self.palette = self.palette_gate = self.palette_scale = None
+        if cfg.colour_palette:
+            if not cfg.attribute_classes:
+                raise ValueError("colour_palette reads the attribute pooling: it needs attribute_classes")
+            if cfg.residual_context:
+                raise ValueError("colour_palette draws colours; with residual_context the output is a change")
+            # the palette starts at the data's colours (train.palette_from_data), the gate and the
+            # scale at zero: a grown network starts as the same function
+            self.palette = nn.Parameter(torch.zeros(cfg.attribute_classes[PALETTE_SLOTS[0]], c))
+            self.palette_gate = nn.Conv3d(w0, len(PALETTE_SLOTS), (1, 3, 3), padding=(0, 1, 1))
+            nn.init.zeros_(self.palette_gate.weight)
+            nn.init.zeros_(self.palette_gate.bias)
+            self.palette_scale = nn.Parameter(torch.zeros(c))
 
     def attribute_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """The prompt read for the scene's attributes: [B, cond_dim]."""
@@ -379,6 +403,17 @@ class Denoiser(nn.Module):
     def attribute_logits(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """Per attribute (world.ATTRIBUTES order), logits [B, classes] of what the prompt says."""
         return list(self.attr_head(self.attribute_features(tokens)).split(list(self.cfg.attribute_classes), dim=1))
+
+    def colour_hints(self, features: torch.Tensor) -> torch.Tensor:
+        """The prompt's colours as latents (`colour_palette`): for each of `PALETTE_SLOTS`, the
+        attribute classifier's probabilities times the palette: [B, slots, C] (the second object's
+        slot is 0 where the classifier reads none)."""
+        logits = self.attr_head(features).split(list(self.cfg.attribute_classes), dim=1)
+        hints = []
+        for slot in PALETTE_SLOTS:
+            probs = logits[slot].softmax(-1)
+            hints.append(probs[:, probs.shape[1] - len(self.palette):] @ self.palette)  # drops a leading "none"
+        return torch.stack(hints, 1)
 
     MAX_VELOCITY = 0.1  # of the frame per frame; the world's fastest is 0.027
 
@@ -460,4 +495,10 @@ class Denoiser(nn.Module):
         if self.out_film is not None:
             scale, shift = self.out_film(cond)[:, :, None, None, None].chunk(2, dim=1)
             h = h * (1 + scale) + shift
-        return self.out(F.silu(h))
+        h = F.silu(h)
+        v = self.out(h)
+        if self.palette is not None:
+            gate = self.palette_gate(h).softmax(1)  # [B, slots, T, h, w]
+            mix = torch.einsum("bktyx,bkc->bctyx", gate, self.colour_hints(features))
+            v = v - self.palette_scale.view(1, -1, 1, 1, 1) * mix  # v = noise - x0: a part of x0 from the palette
+        return v

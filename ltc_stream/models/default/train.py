@@ -27,7 +27,7 @@ from ...errors import ConfigError
 from .model import SEAM_ANCHOR
 from .networks import Autoencoder, Denoiser, NetConfig, context_baseline, from_unit
 from .text import shared_text_encoder
-from .world import ATTRIBUTES, caption, linear_velocity, object_coverage, render, sample_scene, scene_attributes
+from .world import ATTRIBUTES, BACKGROUND_KINDS, caption, linear_velocity, object_coverage, render, sample_scene, scene_attributes
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "weights" / "default"
 
@@ -168,6 +168,26 @@ def held_out_attributes(n: int, net: NetConfig) -> tuple[torch.Tensor, torch.Ten
     """`held_out_caption_scenes(n)`: token states and attributes."""
     scenes = held_out_caption_scenes(n)
     return embed_captions([s.caption for s in scenes], net), torch.tensor([scene_attributes(s) for s in scenes])
+
+
+@torch.no_grad()
+def palette_from_data(latents: torch.Tensor, attributes: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Each named colour's mean latent where the training clips show it as a plain background: over
+    the latent pixels no object covers, away from the frame's edge (where the encoder's padding shows).
+    latents [N, C, T, h, w], attributes [N, len(ATTRIBUTES)] (world.scene_attributes), masks [N, T, h, w]
+    (object coverage) -> [colours, C]; a colour never seen as a plain background stays 0."""
+    names = list(ATTRIBUTES)
+    plain = attributes[:, names.index("background")] == BACKGROUND_KINDS.index("plain")
+    colour = attributes[:, names.index("background_colour")]
+    free = (masks < 0.01).float()[:, None, :, 1:-1, 1:-1]  # [N, 1, T, h - 2, w - 2]
+    inner = latents[:, :, :, 1:-1, 1:-1]
+    palette = latents.new_zeros(len(ATTRIBUTES["background_colour"]), latents.shape[1])
+    for k in range(len(palette)):
+        rows = plain & (colour == k)
+        if rows.any():
+            weight = free[rows]
+            palette[k] = (inner[rows] * weight).sum((0, 2, 3, 4)) / weight.sum().clamp_min(1)
+    return palette
 
 
 def freeze_attributes(model: Denoiser) -> Denoiser:
@@ -715,6 +735,9 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
         if new_attributes:
             log[:] = [r for r in log if r[0] != "attributes"]
             train_attributes(teacher, data["tokens"], data["attributes"], cfg, log)
+        if net.colour_palette and not start and not teacher.palette.abs().sum():
+            teacher.palette.data.copy_(palette_from_data(latents, data["attributes"], data["masks"]))
+            print(f"[train-default] colour palette set from the data: {len(teacher.palette)} colours' mean latents")
         if net.text_velocity and not start:
             rms = fit_velocity_head(teacher, data["tokens"], data["velocities"])
             print(f"[train-default] velocity head fitted to {len(data['tokens'])} captions: rms error {rms:.4f} of the frame per frame")
@@ -764,6 +787,9 @@ _NETWORK_SWITCHES = {
     "text_velocity": "the motion the prompt names (a velocity read from the caption by the attribute pooling): every block "
                      "also sees its neighbouring frames moved along it, and the context moved to where the chunk is "
                      "(needs --text-attributes)",
+    "colour_palette": "colours drawn from a learned palette: the output mixes, per pixel, the latents of the colours "
+                      "the prompt names (read by the attribute pooling), so what a colour is comes from the words and the "
+                      "network chooses where it goes (needs --text-attributes)",
 }
 
 
@@ -863,8 +889,11 @@ def main(args: argparse.Namespace) -> int:
     options["attribute_classes"] = tuple(len(classes) for classes in ATTRIBUTES.values()) if text_attributes else ()
     if cfg.distil_filter and options["residual_context"]:
         raise ConfigError("--distil-filter reads the teacher's chunks as pictures; with --residual-context they are changes")
-    if options["text_velocity"] and not text_attributes:
-        raise ConfigError("--text-velocity reads the prompt through the attribute pooling: add --text-attributes")
+    for key in ("text_velocity", "colour_palette"):
+        if options[key] and not text_attributes:
+            raise ConfigError(f"--{key.replace('_', '-')} reads the prompt through the attribute pooling: add --text-attributes")
+    if options["colour_palette"] and options["residual_context"]:
+        raise ConfigError("--colour-palette draws colours; with --residual-context the network draws changes")
     net = NetConfig(height=args.size, width=args.size, cross_attn=True, self_attn=args.self_attn, **options)
     if args.quick:
         net = NetConfig(height=args.size, width=args.size, ae_widths=(8, 8, 16), width0=16, width1=16,
