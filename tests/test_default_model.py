@@ -12,13 +12,13 @@ from ltc_stream.errors import ConfigError, ModelNotFoundError
 from ltc_stream.models import load_model
 from ltc_stream.models.default import PACKAGED
 from ltc_stream.models.default.evaluate import (calibrate_model, check_fidelity, held_out_scenes, jump_from_true_context,
-                                                object_area, read_video, seam_changes)
-from ltc_stream.models.default.networks import Denoiser, NetConfig
+                                                HELD_OUT_SEED, object_area, read_video, seam_changes)
+from ltc_stream.models.default.networks import Autoencoder, Denoiser, NetConfig
 from ltc_stream.models.default.train import (LOG_STAGES, TrainConfig, _init_teacher_from, _resumable_stage,
                                               attribute_accuracy, denoiser_velocity, diffused_chunk, embed_captions,
-                                              fit_velocity_head, flow_loss, held_out_attributes, held_out_caption_scenes,
+                                              finetune_decoder_folder, fit_velocity_head, flow_loss, held_out_attributes, held_out_caption_scenes,
                                               latent_mask, motion_mse, palette_from_data, train, train_attributes,
-                                              weighted_mse)
+                                              to_unit, weighted_mse)
 from ltc_stream.models.default.world import (ATTRIBUTES, BACKGROUND_KINDS, COLOURS, LINEAR_MOTIONS, Scene, linear_velocity, object_coverage,
                                              object_state, parse_caption, render, sample_scene, scene_attributes)
 
@@ -864,6 +864,36 @@ def test_colour_palette_starts_as_the_same_function_and_mixes_the_prompts_colour
     assert chunk.frames.shape == (4, 64, 64, 3) and np.isfinite(chunk.frames).all()
 
 
+def test_finetune_decoder_trains_only_the_decoder_and_draws_the_frames_edge_closer(quick_folder, tmp_path):
+    folder = tmp_path / "decoder"
+    shutil.copytree(quick_folder[0], folder)
+    before = {name: (folder / name).read_bytes() for name in ("teacher.safetensors", "student.safetensors")}
+    old = load_file(str(folder / "autoencoder.safetensors"))
+    net = NetConfig.from_dict(json.loads((folder / "ltc_model.json").read_text())["net"])
+    frames = np.stack([render(sample_scene(HELD_OUT_SEED + i), 0, 2, net.height, net.width) for i in range(12)]).reshape(-1, net.height, net.width, 3)
+
+    def edge_error(weights: dict) -> float:
+        ae = Autoencoder(net)
+        ae.load_state_dict(weights)
+        with torch.no_grad():
+            x = to_unit(torch.from_numpy(frames))
+            d = (ae.decoder(ae.encoder(x)) - x).abs()
+        rim = torch.ones_like(d[0, 0], dtype=torch.bool)
+        rim[4:-4, 4:-4] = False
+        return float(d[..., rim].mean())
+
+    record = finetune_decoder_folder(folder, 80)
+    new = load_file(str(folder / "autoencoder.safetensors"))
+    assert all(torch.equal(old[k], new[k]) for k in old if k.startswith("encoder.") or k == "latent_scale")
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+    assert {name: (folder / name).read_bytes() for name in before} == before
+    assert json.loads((folder / "ltc_model.json").read_text())["decoder_finetune"]["steps"] == 80 == record["steps"]
+    assert edge_error(new) < edge_error(old)
+    model = load_model(str(folder), device="cpu")
+    chunk = model.generate_chunk(model.new_stream(0), model.encode_prompt("a red ball moving left"), ltc=False)
+    assert chunk.frames.shape == (4, net.height, net.width, 3)
+
+
 def test_palette_from_data_is_each_plain_backgrounds_mean_latent_where_no_object_is():
     gen = torch.Generator().manual_seed(3)
     n, c, t, h = 40, 4, 3, 6
@@ -1044,7 +1074,7 @@ def test_distil_rollout_starts_steps_from_the_students_states_and_is_off_by_defa
 
 def test_distil_filter_keeps_the_trajectories_that_read_like_their_clips():
     from ltc_stream.models.default.networks import NetConfig as Net
-    from ltc_stream.models.default.train import filter_trajectories, to_unit
+    from ltc_stream.models.default.train import filter_trajectories
     from ltc_stream.models.default.world import COLOURS
 
     scene = next(s for s in map(sample_scene, range(1000)) if len(s.objects) == 1 and s.background == "plain"

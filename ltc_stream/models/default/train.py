@@ -554,7 +554,7 @@ def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: lis
 
 
 # ------------------------------------------------------------------------------------------------
-LOG_STAGES = ("ae", "teacher", "distil", "attributes")  # loss_log.npy's first column indexes this
+LOG_STAGES = ("ae", "teacher", "distil", "attributes", "decoder")  # loss_log.npy's first column indexes this
 
 
 def save_loss_curves(log: list, path: Path) -> None:
@@ -776,6 +776,74 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
     return summary
 
 
+DECODER_EDGE_PX = 4  # the frame's outer pixels the decoder fine-tune weights more
+DECODER_EDGE_WEIGHT = 10.0
+
+
+def finetune_decoder(ae: Autoencoder, frames: torch.Tensor, steps: int, cfg: TrainConfig, log: list) -> None:
+    """Train the decoder on with the encoder frozen (the latent space, and so the denoiser, stay as
+    they are), its L1 + MSE weighted `DECODER_EDGE_WEIGHT` times on the frame's outer
+    `DECODER_EDGE_PX` pixels: a decoder trained on the plain loss draws that rim up to ~20 levels
+    off in colour (zero padding), where a viewer sees a frame around the video and where the
+    fidelity check reads the background. frames: uint8 [N, H, W, 3]."""
+    ae.encoder.requires_grad_(False)
+    lr = cfg.lr / 4
+    opt = torch.optim.AdamW(ae.decoder.parameters(), lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + 5)
+    e = DECODER_EDGE_PX
+    weight = torch.ones(1, 1, frames.shape[1], frames.shape[2])
+    weight[..., :e, :] = weight[..., -e:, :] = weight[..., :, :e] = weight[..., :, -e:] = DECODER_EDGE_WEIGHT
+    for step in progress(range(steps), steps, "decoder (edge-weighted)"):
+        _cosine_lr(opt, step, steps, lr)
+        x = to_unit(frames[torch.randint(len(frames), (cfg.ae_batch,), generator=gen)])
+        with torch.no_grad():
+            z = ae.encoder(x)
+        d = ae.decoder(z) - x
+        loss = (weight * (d.abs() + d * d)).mean() / weight.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log.append(("decoder", step, loss.item()))
+    ae.encoder.requires_grad_(True)
+
+
+def finetune_decoder_folder(out: Path, steps: int, threads: int = 2) -> dict:
+    """`finetune_decoder` on a trained folder's autoencoder, on the clips it was trained on (the
+    folder's own settings); everything else in the folder is left as it is. Recorded in its
+    ltc_model.json (`decoder_finetune`) and loss log."""
+    from safetensors.torch import save_file
+
+    meta_path = out / "ltc_model.json"
+    if not meta_path.is_file() or not (out / "autoencoder.safetensors").is_file():
+        raise ConfigError(f"--finetune-decoder: {out} is not a trained default-model folder (no ltc_model.json and autoencoder)")
+    meta = json.loads(meta_path.read_text())
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    net = NetConfig.from_dict(meta["net"])
+    cfg = TrainConfig(**{k: v for k, v in meta.get("train", {}).items() if k in TrainConfig.__dataclass_fields__})
+    ae = Autoencoder(net)
+    _load_into(ae, out / "autoencoder.safetensors")
+    n_frames = net.context_frames + net.frames_per_chunk
+    frames = torch.empty(cfg.clips, n_frames, net.height, net.width, 3, dtype=torch.uint8)
+    rng = np.random.default_rng(cfg.seed)  # the clips make_dataset draws, without their captions
+    for i in progress(range(cfg.clips), cfg.clips, "render clips"):
+        scene = sample_scene(int(rng.integers(2**31)))
+        frames[i] = torch.from_numpy(render(scene, int(rng.integers(0, 400)), n_frames, net.height, net.width))
+    log = [r for r in load_loss_log(out, LOG_STAGES) if r[0] != "decoder"]
+    new: list = []
+    finetune_decoder(ae, frames.flatten(0, 1), steps, cfg, new)
+    save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(out / "autoencoder.safetensors"))
+    losses = [r[2] for r in new]
+    meta["decoder_finetune"] = {"steps": steps, "edge_px": DECODER_EDGE_PX, "edge_weight": DECODER_EDGE_WEIGHT,
+                                "lr": cfg.lr / 4, "seconds": round(time.time() - t0, 1),
+                                "loss_first_50": float(np.mean(losses[:50])), "loss_last_50": float(np.mean(losses[-50:]))}
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    save_loss_curves(log + new, out / "loss_curves.png")
+    print(f"[train-default] decoder fine-tuned {steps} steps in {meta['decoder_finetune']['seconds']:.0f} s: "
+          f"loss {meta['decoder_finetune']['loss_first_50']:.4f} -> {meta['decoder_finetune']['loss_last_50']:.4f}")
+    return meta["decoder_finetune"]
+
+
 # NetConfig switches with a flag of the same name: off by default, the folder's own with --resume
 _NETWORK_SWITCHES = {
     "rel_pos": "learned relative-position bias (frames, rows, columns) in the chunk self-attention",
@@ -837,6 +905,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distil-filter", action=argparse.BooleanOptionalAction, default=None,
                         help="distil only from teacher trajectories whose output reads like the clip's own frames to the "
                              "fidelity check's pixel reader (background and object colour, direction) (default: off)")
+    parser.add_argument("--finetune-decoder", type=int, default=None, metavar="STEPS",
+                        help="only fine-tune the decoder of the trained model in --output for STEPS steps, weighted "
+                             f"{DECODER_EDGE_WEIGHT:g}x on the frame's outer {DECODER_EDGE_PX} pixels (encoder, denoiser and "
+                             "LTC weights unchanged), then stop")
     parser.add_argument("--distil-rollout", type=float, default=None,
                         help="share of distillation samples that start a step from the student's own state (its earlier "
                              "steps run from the trajectory's noise) instead of the teacher's, with the teacher's next "
@@ -849,6 +921,11 @@ _RESUME_ADOPTS = ("teacher_steps", "distil_trajectories", "distil_steps", "stude
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "finetune_decoder", None) is not None:
+        if args.finetune_decoder < 1:
+            raise ConfigError(f"--finetune-decoder must be at least 1, got {args.finetune_decoder}")
+        finetune_decoder_folder(args.output, args.finetune_decoder, args.threads)
+        return 0
     cfg = TrainConfig.quick() if args.quick else TrainConfig()
     cfg.seed, cfg.threads = args.seed, args.threads
     saved_meta = args.output / "ltc_model.json"
