@@ -783,13 +783,20 @@ def test_translate_moves_content_by_the_shift_and_aligns_frames_along_the_motion
                                atol=0.05, rtol=0)
 
 
-def test_text_velocity_starts_as_the_same_function_and_moves_the_context_to_the_chunk(quick_folder, tmp_path):
+def _attribute_net_grown(folder, seed: int, **change):
+    """`_plain_and_grown`'s denoiser with the attribute pooling (random weights: `base`) and the same
+    grown further by `change`. Returns net, base, grown, the grown-only tensor names, generator."""
     classes = tuple(len(c) for c in ATTRIBUTES.values())
-    net, plain, grown, missing, gen = _plain_and_grown(quick_folder[0], 5, attribute_classes=classes)
+    net, _, with_attributes, _, gen = _plain_and_grown(folder, seed, attribute_classes=classes)
     base = Denoiser(dataclasses.replace(net, attribute_classes=classes))
-    base.load_state_dict(grown.state_dict())
-    grown = Denoiser(dataclasses.replace(net, attribute_classes=classes, text_velocity=True))
+    base.load_state_dict(with_attributes.state_dict())
+    grown = Denoiser(dataclasses.replace(net, attribute_classes=classes, **change))
     new = grown.load_state_dict(base.state_dict(), strict=False).missing_keys
+    return net, base, grown, new, gen
+
+
+def test_text_velocity_starts_as_the_same_function_and_moves_the_context_to_the_chunk(quick_folder, tmp_path):
+    net, base, grown, new, gen = _attribute_net_grown(quick_folder[0], 5, text_velocity=True)
     assert new and all(k.startswith(("velocity_head.", "ctx_along.")) or ".along." in k for k in new)
     torch.nn.init.normal_(grown.velocity_head[2].bias, std=0.05)  # some velocity: the new paths still add nothing
     b, c, t, h = 2, net.latent_channels, net.frames_per_chunk, net.height // 8
@@ -827,12 +834,7 @@ def test_text_velocity_starts_as_the_same_function_and_moves_the_context_to_the_
 
 
 def test_colour_palette_starts_as_the_same_function_and_mixes_the_prompts_colours(quick_folder, tmp_path):
-    classes = tuple(len(c) for c in ATTRIBUTES.values())
-    net, plain, grown, missing, gen = _plain_and_grown(quick_folder[0], 6, attribute_classes=classes)
-    base = Denoiser(dataclasses.replace(net, attribute_classes=classes))
-    base.load_state_dict(grown.state_dict())
-    grown = Denoiser(dataclasses.replace(net, attribute_classes=classes, colour_palette=True))
-    new = grown.load_state_dict(base.state_dict(), strict=False).missing_keys
+    net, base, grown, new, gen = _attribute_net_grown(quick_folder[0], 6, colour_palette=True)
     assert sorted(new) == ["palette", "palette_gate.bias", "palette_gate.weight", "palette_scale"]
     grown.palette.data.normal_(0.0, 1.0, generator=gen)  # a palette: with its scale at zero it still adds nothing
     b, c, t, h = 2, net.latent_channels, net.frames_per_chunk, net.height // 8
