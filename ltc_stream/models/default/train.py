@@ -120,16 +120,22 @@ def _cosine_lr(opt, step: int, total: int, base: float, warmup: int = 50):
 
 
 # ------------------------------------------------------------------------------------------------
+def training_clips(cfg: TrainConfig):
+    """The training clips' scenes and first frames, (scene, start) in order, drawn from `cfg.seed`
+    (`progress` over `cfg.clips`)."""
+    rng = np.random.default_rng(cfg.seed)
+    for _ in progress(range(cfg.clips), cfg.clips, "render clips"):
+        scene = sample_scene(int(rng.integers(2**31)))
+        yield scene, int(rng.integers(0, 400))
+
+
 def make_dataset(cfg: TrainConfig, net: NetConfig) -> dict[str, torch.Tensor]:
     """Clips of `context_frames + frames_per_chunk` frames, their captions' token states."""
     n_frames = net.context_frames + net.frames_per_chunk
-    rng = np.random.default_rng(cfg.seed)
     frames = np.empty((cfg.clips, n_frames, net.height, net.width, 3), np.uint8)
     masks = np.empty((cfg.clips, n_frames, net.height // 8, net.width // 8), np.float32)
     captions, attributes, velocities = [], [], []
-    for i in progress(range(cfg.clips), cfg.clips, "render clips"):
-        scene = sample_scene(int(rng.integers(2**31)))
-        start = int(rng.integers(0, 400))
+    for i, (scene, start) in enumerate(training_clips(cfg)):
         frames[i] = render(scene, start, n_frames, net.height, net.width)
         masks[i] = latent_mask(object_coverage(scene, start, n_frames, net.height, net.width))
         captions.append(scene.caption)
@@ -294,20 +300,32 @@ def to_unit(frames_uint8: torch.Tensor) -> torch.Tensor:
     return frames_uint8.movedim(-1, -3).float() / 127.5 - 1.0
 
 
-def train_autoencoder(ae: Autoencoder, data, cfg: TrainConfig, log: list) -> None:
-    frames = data["frames"].flatten(0, 1)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    for step in progress(range(cfg.ae_steps), cfg.ae_steps, "autoencoder"):
-        _cosine_lr(opt, step, cfg.ae_steps, cfg.lr)
-        idx = torch.randint(len(frames), (cfg.ae_batch,), generator=gen)
+def fit_autoencoder(ae: Autoencoder, frames: torch.Tensor, params, steps: int, lr: float, batch: int, seed: int,
+                    log: list, stage: str, label: str, weight: torch.Tensor | None = None) -> None:
+    """`steps` AdamW steps (cosine schedule) on `params` of L1 + MSE between random frames (uint8
+    [N, H, W, 3]) and their reconstructions; with `weight` [1, 1, H, W], both weighted per pixel
+    (normalised by its mean). Losses logged as `stage`; `label` names the progress bar."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    for step in progress(range(steps), steps, label):
+        _cosine_lr(opt, step, steps, lr)
+        idx = torch.randint(len(frames), (batch,), generator=gen)
         x = to_unit(frames[idx])
         recon = ae.decoder(ae.encoder(x))
-        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        if weight is None:
+            loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        else:
+            d = recon - x
+            loss = (weight * (d.abs() + d * d)).mean() / weight.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        log.append(("ae", step, loss.item()))
+        log.append((stage, step, loss.item()))
+
+
+def train_autoencoder(ae: Autoencoder, data, cfg: TrainConfig, log: list) -> None:
+    fit_autoencoder(ae, data["frames"].flatten(0, 1), ae.parameters(), cfg.ae_steps, cfg.lr, cfg.ae_batch, cfg.seed + 1,
+                    log, "ae", "autoencoder")
 
 
 @torch.no_grad()
@@ -778,6 +796,7 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
 
 DECODER_EDGE_PX = 4  # the frame's outer pixels the decoder fine-tune weights more
 DECODER_EDGE_WEIGHT = 10.0
+DECODER_LR_FACTOR = 0.25  # of the training learning rate
 
 
 def finetune_decoder(ae: Autoencoder, frames: torch.Tensor, steps: int, cfg: TrainConfig, log: list) -> None:
@@ -786,24 +805,12 @@ def finetune_decoder(ae: Autoencoder, frames: torch.Tensor, steps: int, cfg: Tra
     `DECODER_EDGE_PX` pixels: a decoder trained on the plain loss draws that rim up to ~20 levels
     off in colour (zero padding), where a viewer sees a frame around the video and where the
     fidelity check reads the background. frames: uint8 [N, H, W, 3]."""
-    ae.encoder.requires_grad_(False)
-    lr = cfg.lr / 4
-    opt = torch.optim.AdamW(ae.decoder.parameters(), lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed + 5)
     e = DECODER_EDGE_PX
     weight = torch.ones(1, 1, frames.shape[1], frames.shape[2])
     weight[..., :e, :] = weight[..., -e:, :] = weight[..., :, :e] = weight[..., :, -e:] = DECODER_EDGE_WEIGHT
-    for step in progress(range(steps), steps, "decoder (edge-weighted)"):
-        _cosine_lr(opt, step, steps, lr)
-        x = to_unit(frames[torch.randint(len(frames), (cfg.ae_batch,), generator=gen)])
-        with torch.no_grad():
-            z = ae.encoder(x)
-        d = ae.decoder(z) - x
-        loss = (weight * (d.abs() + d * d)).mean() / weight.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log.append(("decoder", step, loss.item()))
+    ae.encoder.requires_grad_(False)
+    fit_autoencoder(ae, frames, ae.decoder.parameters(), steps, cfg.lr * DECODER_LR_FACTOR, cfg.ae_batch, cfg.seed + 5,
+                    log, "decoder", "decoder (edge-weighted)", weight)
     ae.encoder.requires_grad_(True)
 
 
@@ -825,17 +832,15 @@ def finetune_decoder_folder(out: Path, steps: int, threads: int = 2) -> dict:
     _load_into(ae, out / "autoencoder.safetensors")
     n_frames = net.context_frames + net.frames_per_chunk
     frames = torch.empty(cfg.clips, n_frames, net.height, net.width, 3, dtype=torch.uint8)
-    rng = np.random.default_rng(cfg.seed)  # the clips make_dataset draws, without their captions
-    for i in progress(range(cfg.clips), cfg.clips, "render clips"):
-        scene = sample_scene(int(rng.integers(2**31)))
-        frames[i] = torch.from_numpy(render(scene, int(rng.integers(0, 400)), n_frames, net.height, net.width))
+    for i, (scene, start) in enumerate(training_clips(cfg)):  # make_dataset's clips, without their captions
+        frames[i] = torch.from_numpy(render(scene, start, n_frames, net.height, net.width))
     log = [r for r in load_loss_log(out, LOG_STAGES) if r[0] != "decoder"]
     new: list = []
     finetune_decoder(ae, frames.flatten(0, 1), steps, cfg, new)
     save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(out / "autoencoder.safetensors"))
     losses = [r[2] for r in new]
     meta["decoder_finetune"] = {"steps": steps, "edge_px": DECODER_EDGE_PX, "edge_weight": DECODER_EDGE_WEIGHT,
-                                "lr": cfg.lr / 4, "seconds": round(time.time() - t0, 1),
+                                "lr": cfg.lr * DECODER_LR_FACTOR, "seconds": round(time.time() - t0, 1),
                                 "loss_first_50": float(np.mean(losses[:50])), "loss_last_50": float(np.mean(losses[-50:]))}
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     save_loss_curves(log + new, out / "loss_curves.png")
