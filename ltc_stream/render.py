@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
-from .models.default import add_seam_anchor_argument, seam_anchor_option
+from .models.default import add_sampling_arguments, sampling_options
 from .stream import PROMPT_CHANGE_OPTIONS, Steering
 
 
@@ -108,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cut: a new prompt starts a fresh scene; blend: the scene morphs over two chunks; "
                              "auto: the model's choice (the default model cuts)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    add_seam_anchor_argument(parser)
+    add_sampling_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -119,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
     prompts = parse_timed_prompts(args.prompt)
     from .models import load_model
 
-    model = load_model(args.model, device=args.device, **seam_anchor_option(args))
+    model = load_model(args.model, device=args.device, **sampling_options(args))
     frames, info = render(model, prompts, args.seconds, ltc=not args.no_ltc, seed=args.seed,
                           prompt_change=args.on_prompt_change)
     write_video(args.output, frames, model.fps)

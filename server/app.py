@@ -27,7 +27,7 @@ from websockets.http11 import Request, Response
 
 from ltc_stream.errors import ConfigError, LTCStreamError
 from ltc_stream.models.base import VideoModel
-from ltc_stream.models.default import add_seam_anchor_argument, seam_anchor_option
+from ltc_stream.models.default import add_sampling_arguments, sampling_options
 from ltc_stream.stream import DEFAULT_PROMPT, PROMPT_CHANGE_OPTIONS, StreamGenerator
 
 from .metrics import Metrics
@@ -412,7 +412,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-prompt-change", choices=PROMPT_CHANGE_OPTIONS, default="auto",
                         help="cut: a new prompt starts a fresh scene at the next chunk; blend: the scene morphs "
                              "into it over two chunks; auto: the model's choice (the default model cuts)")
-    add_seam_anchor_argument(parser)
+    add_sampling_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -426,7 +426,7 @@ def main(args: argparse.Namespace) -> int:
                        prompt_change=args.on_prompt_change)
     cfg.validate()
     options = {"steps": args.steps} if args.steps else {}
-    options.update(seam_anchor_option(args))
+    options.update(sampling_options(args))
     print(f"loading model {args.model!r} ...", flush=True)
     model = load_model(args.model, device=args.device, **options)
     asyncio.run(_serve(model, cfg))

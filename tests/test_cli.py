@@ -70,6 +70,8 @@ def test_random_weight_models_refuse_to_run_without_the_flag():
     (("--distil-rollout", "1.5"), "--distil-rollout must be between 0 and 1"),
     (("--finetune-decoder", "0"), "--finetune-decoder must be at least 1"),
     (("--finetune-decoder", "5"), "is not a trained default-model folder"),
+    (("--train-reader", "0"), "--train-reader must be at least 1"),
+    (("--train-reader", "5"), "is not a trained default-model folder"),
     (("--distil-filter", "--residual-context"), "--distil-filter reads the teacher's chunks as pictures"),
 ])
 def test_train_default_refuses_bad_settings_in_one_line(tmp_path, args, message):

@@ -33,7 +33,7 @@ import torch
 from ...errors import ConfigError
 from ...ltc import LTCConfig, psnr, sample
 from ...stream import PROMPT_CHANGES, Steering
-from .model import add_seam_anchor_argument, seam_anchor_option, sigma_schedule
+from .model import add_sampling_arguments, sampling_options, sigma_schedule
 from .train import progress, to_unit
 from .world import COLOURS, LINEAR_MOTIONS, MOTIONS, caption, render, sample_scene
 
@@ -460,7 +460,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tau", type=float, default=0.1, help="LTC angle threshold for --calibrate (radians)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 192, 256])
     parser.add_argument("--threads", type=int, default=2)
-    add_seam_anchor_argument(parser)
+    add_sampling_arguments(parser)
     parser.add_argument("--guided-teacher", type=float, default=None, metavar="G",
                         help="instead of the full report: the fidelity of the model's teacher sampled as the "
                              "distillation targets are (guidance G against the empty prompt, --teacher-steps "
@@ -491,7 +491,7 @@ def main(args: argparse.Namespace) -> int:
         report = {"model": model.describe(), "guided_teacher": guided_teacher_fidelity(model, args.prompts, args.guided_teacher)}
         rows = report["guided_teacher"]["per_prompt"]
     else:
-        model = load_model(args.model, device="cpu", **seam_anchor_option(args))
+        model = load_model(args.model, device="cpu", **sampling_options(args))
         if args.calibrate:
             w = calibrate_model(model, tau=args.tau)
             print(f"LTC calibrated: skip {w.skipped_steps}, angles {[None if a is None else round(a, 3) for a in w.angles]}",

@@ -19,7 +19,9 @@ from ...errors import ConfigError, ModelNotFoundError
 from ...ltc import LTCConfig, LTCWeights, OnlineLTC, calibrate, make_key, sample
 from ..base import ChunkResult, VideoModel
 from .networks import Autoencoder, Denoiser, NetConfig, context_baseline, from_unit
+from .reader import MAX_GUIDANCE, READER_MIN_SIGMA, ColourReader, guide_x0
 from .text import shared_text_encoder
+from .world import ATTRIBUTES
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,11 @@ LTC_FILE = "ltc_weights.json"
 # names none samples without it, as it did before the anchor existed. 0.3 on the packaged weights:
 # continuity ratio 2.34 -> 1.44 at the same fidelity (model card)
 SEAM_ANCHOR = 0.3
+# what `train-default --train-reader` writes into the folder's sampling.reader_guidance: the step size
+# of reader guidance (reader.py), chosen on held-out prompts 200-299, not the 200 the figures use
+# (model card, "Reader guidance")
+READER_GUIDANCE = 0.2
+READER_FILE = "reader.safetensors"
 
 
 @dataclass
@@ -66,7 +73,8 @@ class DefaultModel(VideoModel):
     prompt_change = "cut"
 
     def __init__(self, folder: Path, device: str | torch.device = "auto", steps: int | None = None,
-                 use_teacher: bool = False, online_refresh: int = 0, seam_anchor: float | None = None):
+                 use_teacher: bool = False, online_refresh: int = 0, seam_anchor: float | None = None,
+                 reader_guidance: float | None = None):
         folder = Path(folder)
         meta_path = folder / "ltc_model.json"
         if not meta_path.is_file():
@@ -99,14 +107,21 @@ class DefaultModel(VideoModel):
             raise ModelNotFoundError(f"{folder} has no denoiser weights (student.safetensors or teacher.safetensors)")
         if not 1 <= self.steps <= 100:
             raise ConfigError(f"steps must be between 1 and 100, got {self.steps}")
-        if seam_anchor is None:
-            try:
-                seam_anchor = float(meta.get("sampling", {}).get("seam_anchor", 0.0))
-            except (AttributeError, TypeError, ValueError):
-                raise ModelNotFoundError(f"{meta_path}: sampling.seam_anchor is malformed ({meta.get('sampling')!r})") from None
-        if not 0.0 <= seam_anchor <= 1.0:  # also refuses NaN
-            raise ConfigError(f"seam_anchor must be between 0 and 1, got {seam_anchor}")
-        self.seam_anchor = float(seam_anchor)
+        self.seam_anchor = _sampling_setting(meta, meta_path, "seam_anchor", seam_anchor, 1.0)
+        self.reader_guidance = _sampling_setting(meta, meta_path, "reader_guidance", reader_guidance, MAX_GUIDANCE)
+        self.reader: ColourReader | None = None
+        if self.reader_guidance > 0:
+            if not self.net.attribute_classes:
+                raise ConfigError(f"reader guidance takes the prompt's colours from the attribute pooling; {folder} "
+                                  "was trained without --text-attributes (use --reader-guidance 0)")
+            reader_path = folder / READER_FILE
+            if not reader_path.is_file():
+                raise ConfigError(f"reader guidance {self.reader_guidance:g} needs {reader_path}: train it with "
+                                  f"'ltc-stream train-default --train-reader STEPS --output {folder}' (or use --reader-guidance 0)")
+            self.reader = ColourReader(self.net.latent_channels)
+            _load_safetensors(self.reader, reader_path)
+            self.reader.to(self.device).eval().requires_grad_(False)
+            self.reader_digest = _file_digest(reader_path)
         self.autoencoder.to(self.device).eval().requires_grad_(False)
         self.denoiser.to(self.device).eval().requires_grad_(False)
         self.sigmas = sigma_schedule(self.steps)
@@ -137,9 +152,16 @@ class DefaultModel(VideoModel):
         """denoiser(x, sigma) -> x0 = x - sigma * v for the LTC sampler (the net predicts v = noise - x0).
         With a context and `seam_anchor` > 0, the chunk's first frames' x0 are pulled towards
         `seam_target` (the previous chunk's last frame carried on along the prompt's motion): weight
-        `seam_anchor` at the first frame, fading to none at half the chunk."""
+        `seam_anchor` at the first frame, fading to none at half the chunk. With `reader_guidance` > 0,
+        the x0 estimates of steps at sigma >= READER_MIN_SIGMA then take one step of reader guidance
+        (`reader.guide_x0`) towards the colours the prompt names, as the attribute pooling reads them."""
         if tokens.ndim == 2:
             tokens = tokens[None]
+        colours = None
+        if self.reader is not None:
+            logits = self.denoiser.attribute_logits(tokens)
+            names = list(ATTRIBUTES)
+            colours = (logits[names.index("colour")].softmax(-1), logits[names.index("background_colour")].softmax(-1))
         anchor = weight = None
         if context is not None and self.seam_anchor > 0:
             frames = self.net.frames_per_chunk
@@ -152,7 +174,11 @@ class DefaultModel(VideoModel):
         def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
             tok = tokens.expand(x.shape[0], -1, -1) if tokens.shape[0] != x.shape[0] else tokens
             x0 = x - sigma * self.denoiser(x, torch.full((x.shape[0],), sigma, device=x.device), tok, context)
-            return x0 if anchor is None else torch.lerp(x0, anchor.expand_as(x0), weight)
+            if anchor is not None:
+                x0 = torch.lerp(x0, anchor.expand_as(x0), weight)
+            if colours is not None and sigma >= READER_MIN_SIGMA:
+                x0 = guide_x0(self.reader, x0, *(c.expand(x0.shape[0], -1) for c in colours), self.reader_guidance)
+            return x0
 
         return denoise
 
@@ -197,7 +223,7 @@ class DefaultModel(VideoModel):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(stage=self.stage, seam_anchor=self.seam_anchor, ltc_calibrated=self.ltc_weights is not None,
+        info.update(stage=self.stage, seam_anchor=self.seam_anchor, reader_guidance=self.reader_guidance, ltc_calibrated=self.ltc_weights is not None,
                     ltc_model_calls=self.ltc_weights.model_calls if self.ltc_weights else self.steps)
         return info
 
@@ -206,6 +232,8 @@ class DefaultModel(VideoModel):
         # the seam anchor changes the trajectories of chunks with a context (named only when on, so
         # calibrations made before it existed still match)
         anchor = {"seam_anchor": self.seam_anchor} if self.seam_anchor else {}
+        if self.reader is not None:  # so does reader guidance
+            anchor.update(reader_guidance=self.reader_guidance, reader=self.reader_digest[:16])
         return make_key(model=f"ltc-stream-default:{self.weights_digest}", sampler="euler", steps=self.steps,
                         latent_shape=list(self.latent_shape()), guidance_scale=1.0, **anchor)
 
@@ -221,17 +249,36 @@ class DefaultModel(VideoModel):
         return weights
 
 
-def add_seam_anchor_argument(parser) -> None:
-    """`--seam-anchor W` for the commands that sample the default model (serve, render, eval-default)."""
+def _sampling_setting(meta: dict, meta_path: Path, name: str, given: float | None, high: float) -> float:
+    """A sampling setting: `given`, else the folder's `sampling.<name>` (0 where it names none),
+    checked to lie in [0, high]."""
+    value = given
+    if value is None:
+        try:
+            value = float(meta.get("sampling", {}).get(name, 0.0))
+        except (AttributeError, TypeError, ValueError):
+            raise ModelNotFoundError(f"{meta_path}: sampling.{name} is malformed ({meta.get('sampling')!r})") from None
+    if not 0.0 <= value <= high:  # also refuses NaN
+        raise ConfigError(f"{name} must be between 0 and {high:g}, got {value}")
+    return float(value)
+
+
+def add_sampling_arguments(parser) -> None:
+    """`--seam-anchor W` and `--reader-guidance G` for the commands that sample the default model
+    (serve, render, eval-default)."""
     parser.add_argument("--seam-anchor", type=float, default=None, metavar="W",
                         help="default-format models: pull each chunk's first frames towards the previous chunk's "
                              "last frame carried on along the prompt's motion, weight W (0-1) at the first frame "
                              "(default: the model folder's sampling.seam_anchor; 0 where it names none)")
+    parser.add_argument("--reader-guidance", type=float, default=None, metavar="G",
+                        help="default-format models: step size (0-2) of reader guidance, which moves the early steps' "
+                             "x0 towards the colours the prompt names as the folder's colour reader sees them "
+                             "(default: the model folder's sampling.reader_guidance; 0 where it names none)")
 
 
-def seam_anchor_option(args) -> dict[str, float]:
-    """The load_model option for `--seam-anchor`, when given."""
-    return {} if args.seam_anchor is None else {"seam_anchor": args.seam_anchor}
+def sampling_options(args) -> dict[str, float]:
+    """The load_model options for `--seam-anchor` and `--reader-guidance`, where given."""
+    return {name: getattr(args, name) for name in ("seam_anchor", "reader_guidance") if getattr(args, name, None) is not None}
 
 
 def load_default(path: str | Path | None = None, device: str = "auto", **options: Any) -> DefaultModel:
@@ -240,7 +287,7 @@ def load_default(path: str | Path | None = None, device: str = "auto", **options
         raise ModelNotFoundError(
             f"the packaged default model is missing from {folder}; train it with 'ltc-stream train-default'"
         )
-    allowed = {"steps", "use_teacher", "online_refresh", "seam_anchor"}
+    allowed = {"steps", "use_teacher", "online_refresh", "seam_anchor", "reader_guidance"}
     unknown = set(options) - allowed
     if unknown:
         raise ConfigError(f"unknown option(s) for the default model: {', '.join(sorted(unknown))}")

@@ -572,7 +572,7 @@ def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: lis
 
 
 # ------------------------------------------------------------------------------------------------
-LOG_STAGES = ("ae", "teacher", "distil", "attributes", "decoder")  # loss_log.npy's first column indexes this
+LOG_STAGES = ("ae", "teacher", "distil", "attributes", "decoder", "reader")  # loss_log.npy's first column indexes this
 
 
 def save_loss_curves(log: list, path: Path) -> None:
@@ -814,22 +814,30 @@ def finetune_decoder(ae: Autoencoder, frames: torch.Tensor, steps: int, cfg: Tra
     ae.encoder.requires_grad_(True)
 
 
+def _trained_folder(out: Path, option: str, threads: int) -> tuple[dict, NetConfig, "TrainConfig", Autoencoder]:
+    """A trained folder's ltc_model.json, network and training settings, and its autoencoder, for the
+    options that add to a trained model (`option` names it in the error)."""
+    meta_path = out / "ltc_model.json"
+    if not meta_path.is_file() or not (out / "autoencoder.safetensors").is_file():
+        raise ConfigError(f"{option}: {out} is not a trained default-model folder (no ltc_model.json and autoencoder)")
+    meta = json.loads(meta_path.read_text())
+    torch.set_num_threads(threads)
+    net = NetConfig.from_dict(meta["net"])
+    cfg = TrainConfig(**{k: v for k, v in meta.get("train", {}).items() if k in TrainConfig.__dataclass_fields__})
+    ae = Autoencoder(net)
+    _load_into(ae, out / "autoencoder.safetensors")
+    return meta, net, cfg, ae
+
+
 def finetune_decoder_folder(out: Path, steps: int, threads: int = 2) -> dict:
     """`finetune_decoder` on a trained folder's autoencoder, on the clips it was trained on (the
     folder's own settings); everything else in the folder is left as it is. Recorded in its
     ltc_model.json (`decoder_finetune`) and loss log."""
     from safetensors.torch import save_file
 
+    meta, net, cfg, ae = _trained_folder(out, "--finetune-decoder", threads)
     meta_path = out / "ltc_model.json"
-    if not meta_path.is_file() or not (out / "autoencoder.safetensors").is_file():
-        raise ConfigError(f"--finetune-decoder: {out} is not a trained default-model folder (no ltc_model.json and autoencoder)")
-    meta = json.loads(meta_path.read_text())
-    torch.set_num_threads(threads)
     t0 = time.time()
-    net = NetConfig.from_dict(meta["net"])
-    cfg = TrainConfig(**{k: v for k, v in meta.get("train", {}).items() if k in TrainConfig.__dataclass_fields__})
-    ae = Autoencoder(net)
-    _load_into(ae, out / "autoencoder.safetensors")
     n_frames = net.context_frames + net.frames_per_chunk
     frames = torch.empty(cfg.clips, n_frames, net.height, net.width, 3, dtype=torch.uint8)
     for i, (scene, start) in enumerate(training_clips(cfg)):  # make_dataset's clips, without their captions
@@ -847,6 +855,116 @@ def finetune_decoder_folder(out: Path, steps: int, threads: int = 2) -> dict:
     print(f"[train-default] decoder fine-tuned {steps} steps in {meta['decoder_finetune']['seconds']:.0f} s: "
           f"loss {meta['decoder_finetune']['loss_first_50']:.4f} -> {meta['decoder_finetune']['loss_last_50']:.4f}")
     return meta["decoder_finetune"]
+
+
+READER_STEPS_BATCH = 32
+READER_LR = 2e-3
+READER_HELD_OUT = 0.1  # share of the clips kept out of the reader's training to measure it
+
+
+@torch.no_grad()
+def reader_inputs(denoiser: Denoiser, chunk: torch.Tensor, context: torch.Tensor, tokens: torch.Tensor,
+                  sigmas: torch.Tensor, copies: int, seed: int) -> torch.Tensor:
+    """What the reader sees at sampling time: the denoiser's x0 estimates of the true chunks [N, C, T,
+    h, w] noised to one of `sigmas` (drawn per clip), half of them with the clip's context; `copies`
+    draws per clip, [copies * N, ...], copy-major."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(copies):
+        for i in progress(range(0, len(chunk), 64), (len(chunk) + 63) // 64, "reader inputs (denoiser x0 estimates)"):
+            x0 = chunk[i:i + 64]
+            s = sigmas[torch.randint(len(sigmas), (len(x0),), generator=gen)].view(-1, 1, 1, 1, 1)
+            x = (1 - s) * x0 + s * torch.randn(x0.shape, generator=gen)
+            keep = torch.rand(len(x0), generator=gen) >= 0.5
+            v = denoiser_velocity(denoiser, x, s.flatten(), tokens[i:i + 64], context[i:i + 64], keep)
+            out.append(x - s * v)
+    return torch.cat(out)
+
+
+def train_reader(reader, inputs: torch.Tensor, colour: torch.Tensor, obj: torch.Tensor, steps: int, seed: int,
+                 log: list) -> None:
+    """`steps` AdamW steps (cosine schedule) of `reader.reader_loss` on random rows."""
+    from .reader import reader_loss
+
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(reader.parameters(), lr=READER_LR, weight_decay=1e-2)
+    for step in progress(range(steps), steps, "reader"):
+        _cosine_lr(opt, step, steps, READER_LR, warmup=100)
+        idx = torch.randint(len(inputs), (READER_STEPS_BATCH,), generator=gen)
+        loss = reader_loss(reader, inputs[idx], colour[idx], obj[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log.append(("reader", step, loss.item()))
+
+
+def train_reader_folder(out: Path, steps: int, threads: int = 2, guidance: float | None = None) -> dict:
+    """Train the colour reader of reader guidance (`reader.py`) for a trained folder: on the clips
+    the folder was trained on (its own settings), their latents and its denoiser's x0 estimates of
+    them (student, else teacher), labelled from the scenes' ground truth. Writes
+    `reader.safetensors`, records the run in ltc_model.json (`reader`) and turns the guidance on
+    there (`sampling.reader_guidance`, `guidance` or READER_GUIDANCE); everything else is left as it is."""
+    from safetensors.torch import save_file
+
+    from .model import READER_GUIDANCE
+    from .reader import ColourReader, cell_labels, reader_accuracy
+
+    meta, net, cfg, ae = _trained_folder(out, "--train-reader", threads)
+    if not net.attribute_classes:
+        raise ConfigError("--train-reader: reader guidance takes the prompt's colours from the attribute pooling; "
+                          f"{out} was trained without --text-attributes")
+    weights = out / "student.safetensors"
+    if not weights.is_file():
+        weights = out / "teacher.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"--train-reader: {out} has no denoiser weights")
+    t0 = time.time()
+    denoiser = Denoiser(net)
+    _load_into(denoiser, weights)
+    denoiser.eval().requires_grad_(False)
+    ae.eval().requires_grad_(False)
+    n_frames = net.context_frames + net.frames_per_chunk
+    frames = torch.empty(cfg.clips, n_frames, net.height, net.width, 3, dtype=torch.uint8)
+    colour = torch.empty(cfg.clips, net.frames_per_chunk, net.height // 8, net.width // 8, dtype=torch.long)
+    obj = torch.empty(colour.shape)
+    captions = []
+    for i, (scene, start) in enumerate(training_clips(cfg)):  # make_dataset's clips
+        frames[i] = torch.from_numpy(render(scene, start, n_frames, net.height, net.width))
+        coverage = object_coverage(scene, start, n_frames, net.height, net.width)[net.context_frames:]
+        colour[i], obj[i] = cell_labels(coverage, scene)
+        captions.append(scene.caption)
+    tokens = embed_captions(captions, net)
+    with torch.no_grad():
+        latents = _encode_frames(ae, frames) / ae.latent_scale
+    context, chunk = split_clip(latents, net)
+    copies = 2
+    estimates = reader_inputs(denoiser, chunk, context, tokens, student_sigmas(cfg.student_steps)[:-1], copies, cfg.seed + 9)
+    train_rows = int(round(cfg.clips * (1 - READER_HELD_OUT)))
+    pick = lambda t: torch.cat([t[:train_rows]] * (copies + 1))  # noqa: E731  (clean latents, then each copy)
+    inputs = torch.cat([chunk[:train_rows]] + [estimates[k * cfg.clips:k * cfg.clips + train_rows] for k in range(copies)])
+    torch.manual_seed(cfg.seed)
+    reader = ColourReader(net.latent_channels)
+    log: list = []
+    train_reader(reader, inputs, pick(colour), pick(obj), steps, cfg.seed + 10, log)
+    reader.eval()
+    held = slice(train_rows, cfg.clips)
+    accuracy = {"clean": reader_accuracy(reader, chunk[held], colour[held], obj[held]),
+                "denoiser_estimates": reader_accuracy(reader, estimates[held], colour[held], obj[held])}
+    save_file({k: v.contiguous() for k, v in reader.state_dict().items()}, str(out / "reader.safetensors"))
+    losses = [r[2] for r in log]
+    meta["reader"] = {"steps": steps, "batch": READER_STEPS_BATCH, "lr": READER_LR, "from": weights.name,
+                      "held_out_clips": cfg.clips - train_rows, "held_out_accuracy": accuracy,
+                      "seconds": round(time.time() - t0, 1),
+                      "loss_first_50": float(np.mean(losses[:50])), "loss_last_50": float(np.mean(losses[-50:]))}
+    meta.setdefault("sampling", {})["reader_guidance"] = READER_GUIDANCE if guidance is None else guidance
+    (out / "ltc_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    old = [r for r in load_loss_log(out, LOG_STAGES) if r[0] != "reader"]
+    save_loss_curves(old + log, out / "loss_curves.png")
+    est = accuracy["denoiser_estimates"]
+    print(f"[train-default] reader trained {steps} steps in {meta['reader']['seconds']:.0f} s; on held-out clips' "
+          f"x0 estimates: background colour {est['background_colour']:.1%}, object colour {est['object_colour']:.1%}, "
+          f"object {est['object']:.1%}; sampling.reader_guidance = {meta['sampling']['reader_guidance']:g}")
+    return meta["reader"]
 
 
 # NetConfig switches with a flag of the same name: off by default, the folder's own with --resume
@@ -914,6 +1032,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only fine-tune the decoder of the trained model in --output for STEPS steps, weighted "
                              f"{DECODER_EDGE_WEIGHT:g}x on the frame's outer {DECODER_EDGE_PX} pixels (encoder, denoiser and "
                              "LTC weights unchanged), then stop")
+    parser.add_argument("--train-reader", type=int, default=None, metavar="STEPS",
+                        help="only train the colour reader of reader guidance for the trained model in --output for STEPS "
+                             "steps (on its training clips and its denoiser's x0 estimates of them; about 1000 steps, "
+                             "~10 min on 2 CPU cores) and turn the guidance on in its ltc_model.json, then stop")
     parser.add_argument("--distil-rollout", type=float, default=None,
                         help="share of distillation samples that start a step from the student's own state (its earlier "
                              "steps run from the trajectory's noise) instead of the teacher's, with the teacher's next "
@@ -930,6 +1052,11 @@ def main(args: argparse.Namespace) -> int:
         if args.finetune_decoder < 1:
             raise ConfigError(f"--finetune-decoder must be at least 1, got {args.finetune_decoder}")
         finetune_decoder_folder(args.output, args.finetune_decoder, args.threads)
+        return 0
+    if getattr(args, "train_reader", None) is not None:
+        if args.train_reader < 1:
+            raise ConfigError(f"--train-reader must be at least 1, got {args.train_reader}")
+        train_reader_folder(args.output, args.train_reader, args.threads)
         return 0
     cfg = TrainConfig.quick() if args.quick else TrainConfig()
     cfg.seed, cfg.threads = args.seed, args.threads
