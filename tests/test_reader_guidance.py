@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from ltc_stream.errors import ConfigError
 from ltc_stream.models import load_model
-from ltc_stream.models.default.model import READER_GUIDANCE
+from ltc_stream.models.default.model import READER_GUIDANCE, READER_SEAM_ANCHOR
 from ltc_stream.models.default.networks import Denoiser, NetConfig
 from ltc_stream.models.default.reader import IGNORE, ColourReader, cell_labels, guide_x0
 from ltc_stream.models.default.train import TrainConfig, train, train_reader_folder
@@ -105,10 +105,11 @@ def test_train_reader_adds_a_reader_and_turns_guidance_on_leaving_the_model(attr
     meta = json.loads((folder / "ltc_model.json").read_text())
     assert meta["reader"]["steps"] == 20 == record["steps"]
     assert meta["sampling"]["reader_guidance"] == READER_GUIDANCE
+    assert meta["sampling"]["seam_anchor"] == max(READER_SEAM_ANCHOR, plain.seam_anchor)
     assert set(record["held_out_accuracy"]["denoiser_estimates"]) == {"background_colour", "object_colour", "object"}
 
     guided = load_model(str(folder), device="cpu")
-    off = load_model(str(folder), device="cpu", reader_guidance=0.0)
+    off = load_model(str(folder), device="cpu", reader_guidance=0.0, seam_anchor=plain.seam_anchor)
     assert guided.reader_guidance == READER_GUIDANCE and off.reader is None
     assert guided.ltc_key() != off.ltc_key() == plain.ltc_key()
     emb = guided.encode_prompt(PROMPT)

@@ -903,10 +903,11 @@ def train_reader_folder(out: Path, steps: int, threads: int = 2, guidance: float
     the folder was trained on (its own settings), their latents and its denoiser's x0 estimates of
     them (student, else teacher), labelled from the scenes' ground truth. Writes
     `reader.safetensors`, records the run in ltc_model.json (`reader`) and turns the guidance on
-    there (`sampling.reader_guidance`, `guidance` or READER_GUIDANCE); everything else is left as it is."""
+    there (`sampling.reader_guidance`, `guidance` or READER_GUIDANCE; the seam anchor raised to at
+    least READER_SEAM_ANCHOR); the network weights are left as they are."""
     from safetensors.torch import save_file
 
-    from .model import READER_GUIDANCE
+    from .model import READER_GUIDANCE, READER_SEAM_ANCHOR
     from .reader import ColourReader, cell_labels, reader_accuracy
 
     meta, net, cfg, ae = _trained_folder(out, "--train-reader", threads)
@@ -956,14 +957,17 @@ def train_reader_folder(out: Path, steps: int, threads: int = 2, guidance: float
                       "held_out_clips": cfg.clips - train_rows, "held_out_accuracy": accuracy,
                       "seconds": round(time.time() - t0, 1),
                       "loss_first_50": float(np.mean(losses[:50])), "loss_last_50": float(np.mean(losses[-50:]))}
-    meta.setdefault("sampling", {})["reader_guidance"] = READER_GUIDANCE if guidance is None else guidance
+    sampling = meta.setdefault("sampling", {})
+    sampling["reader_guidance"] = READER_GUIDANCE if guidance is None else guidance
+    sampling["seam_anchor"] = max(float(sampling.get("seam_anchor", 0.0)), READER_SEAM_ANCHOR)
     (out / "ltc_model.json").write_text(json.dumps(meta, indent=2) + "\n")
     old = [r for r in load_loss_log(out, LOG_STAGES) if r[0] != "reader"]
     save_loss_curves(old + log, out / "loss_curves.png")
     est = accuracy["denoiser_estimates"]
     print(f"[train-default] reader trained {steps} steps in {meta['reader']['seconds']:.0f} s; on held-out clips' "
           f"x0 estimates: background colour {est['background_colour']:.1%}, object colour {est['object_colour']:.1%}, "
-          f"object {est['object']:.1%}; sampling.reader_guidance = {meta['sampling']['reader_guidance']:g}")
+          f"object {est['object']:.1%}; sampling.reader_guidance = {sampling['reader_guidance']:g}, "
+          f"sampling.seam_anchor = {sampling['seam_anchor']:g}")
     return meta["reader"]
 
 
