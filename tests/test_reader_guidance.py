@@ -134,3 +134,14 @@ def test_reader_guidance_needs_the_attribute_pooling_and_the_stage_a_trained_fol
         train_reader_folder(folder, 5)
     with pytest.raises(ConfigError, match="not a trained default-model folder"):
         train_reader_folder(tmp_path / "nothing", 5)
+
+
+def test_retraining_a_folder_turns_off_the_guidance_its_old_reader_was_for(attribute_folder, tmp_path, capsys):
+    folder = tmp_path / "again"
+    shutil.copytree(attribute_folder, folder)
+    train_reader_folder(folder, 5)
+    assert load_model(str(folder), device="cpu").reader is not None
+    net = NetConfig.from_dict(json.loads((folder / "ltc_model.json").read_text())["net"])
+    train(dataclasses.replace(TrainConfig.quick(), teacher_steps=4, distil_steps=4), net, folder)
+    assert "reader guidance is off until" in capsys.readouterr().out
+    assert load_model(str(folder), device="cpu").reader is None

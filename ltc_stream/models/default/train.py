@@ -24,7 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from ...errors import ConfigError
-from .model import SEAM_ANCHOR
+from .model import READER_FILE, SEAM_ANCHOR
 from .networks import Autoencoder, Denoiser, NetConfig, context_baseline, from_unit
 from .text import shared_text_encoder
 from .world import ATTRIBUTES, BACKGROUND_KINDS, caption, linear_velocity, object_coverage, render, sample_scene, scene_attributes
@@ -630,6 +630,9 @@ def save_folder(out: Path, net: NetConfig, ae: Autoencoder, teacher: Denoiser | 
         **(extra or {}),
     }
     (out / "ltc_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if stage == "distilled" and (out / READER_FILE).is_file():
+        print(f"[train-default] {out / READER_FILE} was trained for the previous weights: reader guidance is off "
+              f"until 'ltc-stream train-default --train-reader STEPS --output {out}' trains it again")
 
 
 _STAGES = ("ae", "teacher", "distilled")
@@ -951,7 +954,7 @@ def train_reader_folder(out: Path, steps: int, threads: int = 2, guidance: float
     held = slice(train_rows, cfg.clips)
     accuracy = {"clean": reader_accuracy(reader, chunk[held], colour[held], obj[held]),
                 "denoiser_estimates": reader_accuracy(reader, estimates[held], colour[held], obj[held])}
-    save_file({k: v.contiguous() for k, v in reader.state_dict().items()}, str(out / "reader.safetensors"))
+    save_file({k: v.contiguous() for k, v in reader.state_dict().items()}, str(out / READER_FILE))
     losses = [r[2] for r in log]
     meta["reader"] = {"steps": steps, "batch": READER_STEPS_BATCH, "lr": READER_LR, "from": weights.name,
                       "held_out_clips": cfg.clips - train_rows, "held_out_accuracy": accuracy,
