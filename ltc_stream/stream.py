@@ -7,8 +7,8 @@ bounded queue, steered by prompts.
   "blend" keeps the causal context and blends the embedding from old to new over `blend_chunks`
   chunks (linear interpolation of the fixed-shape embeddings), so the scene morphs; "cut" starts a
   fresh causal context at the new prompt (a scene cut), for models whose context outweighs a new
-  prompt (the default model: its background follows a new prompt 25% of the time when blended,
-  55% with a cut; `eval-default`'s `prompt_change`, model card).
+  prompt (the default model: the object's colour follows a new prompt 15% of the time when
+  blended, 55% with a cut; `eval-default`'s `prompt_change`, model card).
 - The queue is bounded: generation runs at most `queue_chunks` chunks ahead of playback and
   never blocks the caller's event loop.
 """
