@@ -276,7 +276,7 @@ def add_sampling_arguments(parser) -> None:
                              "last frame carried on along the prompt's motion, weight W (0-1) at the first frame "
                              "(default: the model folder's sampling.seam_anchor; 0 where it names none)")
     parser.add_argument("--reader-guidance", type=float, default=None, metavar="G",
-                        help="default-format models: step size (0-2) of reader guidance, which moves the early steps' "
+                        help="default-format models: step size (0-2) of reader guidance, which moves the first step's "
                              "x0 towards the colours the prompt names as the folder's colour reader sees them "
                              "(default: the model folder's sampling.reader_guidance; 0 where it names none)")
 
