@@ -832,6 +832,30 @@ def _trained_folder(out: Path, option: str, threads: int) -> tuple[dict, NetConf
     return meta, net, cfg, ae
 
 
+def _render_training_clips(cfg: TrainConfig, net: NetConfig) -> tuple[torch.Tensor, list]:
+    """make_dataset's clips, rendered without captions or masks: uint8 [N, Tc + T, H, W, 3] and their
+    (scene, start) in order."""
+    n_frames = net.context_frames + net.frames_per_chunk
+    frames = torch.empty(cfg.clips, n_frames, net.height, net.width, 3, dtype=torch.uint8)
+    clips = []
+    for i, (scene, start) in enumerate(training_clips(cfg)):  # rendered as drawn, under its progress bar
+        frames[i] = torch.from_numpy(render(scene, start, n_frames, net.height, net.width))
+        clips.append((scene, start))
+    return frames, clips
+
+
+def _finish_folder_stage(out: Path, meta: dict, stage: str, record: dict, log: list) -> dict:
+    """Finish a stage run on a trained folder: adds the first and last 50 losses of `log` to `record`
+    (the stage's entry in `meta`), writes `meta` as its ltc_model.json, and its loss log and curves
+    with the stage's earlier entries replaced by `log`. Returns `record`."""
+    losses = [r[2] for r in log]
+    record.update(loss_first_50=float(np.mean(losses[:50])), loss_last_50=float(np.mean(losses[-50:])))
+    (out / "ltc_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    earlier = [r for r in load_loss_log(out, LOG_STAGES) if r[0] != stage]
+    save_loss_curves(earlier + log, out / "loss_curves.png")
+    return record
+
+
 def finetune_decoder_folder(out: Path, steps: int, threads: int = 2) -> dict:
     """`finetune_decoder` on a trained folder's autoencoder, on the clips it was trained on (the
     folder's own settings); everything else in the folder is left as it is. Recorded in its
@@ -839,25 +863,17 @@ def finetune_decoder_folder(out: Path, steps: int, threads: int = 2) -> dict:
     from safetensors.torch import save_file
 
     meta, net, cfg, ae = _trained_folder(out, "--finetune-decoder", threads)
-    meta_path = out / "ltc_model.json"
     t0 = time.time()
-    n_frames = net.context_frames + net.frames_per_chunk
-    frames = torch.empty(cfg.clips, n_frames, net.height, net.width, 3, dtype=torch.uint8)
-    for i, (scene, start) in enumerate(training_clips(cfg)):  # make_dataset's clips, without their captions
-        frames[i] = torch.from_numpy(render(scene, start, n_frames, net.height, net.width))
-    log = [r for r in load_loss_log(out, LOG_STAGES) if r[0] != "decoder"]
-    new: list = []
-    finetune_decoder(ae, frames.flatten(0, 1), steps, cfg, new)
+    frames, _ = _render_training_clips(cfg, net)
+    log: list = []
+    finetune_decoder(ae, frames.flatten(0, 1), steps, cfg, log)
     save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(out / "autoencoder.safetensors"))
-    losses = [r[2] for r in new]
-    meta["decoder_finetune"] = {"steps": steps, "edge_px": DECODER_EDGE_PX, "edge_weight": DECODER_EDGE_WEIGHT,
-                                "lr": cfg.lr * DECODER_LR_FACTOR, "seconds": round(time.time() - t0, 1),
-                                "loss_first_50": float(np.mean(losses[:50])), "loss_last_50": float(np.mean(losses[-50:]))}
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    save_loss_curves(log + new, out / "loss_curves.png")
-    print(f"[train-default] decoder fine-tuned {steps} steps in {meta['decoder_finetune']['seconds']:.0f} s: "
-          f"loss {meta['decoder_finetune']['loss_first_50']:.4f} -> {meta['decoder_finetune']['loss_last_50']:.4f}")
-    return meta["decoder_finetune"]
+    record = meta["decoder_finetune"] = {"steps": steps, "edge_px": DECODER_EDGE_PX, "edge_weight": DECODER_EDGE_WEIGHT,
+                                         "lr": cfg.lr * DECODER_LR_FACTOR, "seconds": round(time.time() - t0, 1)}
+    _finish_folder_stage(out, meta, "decoder", record, log)
+    print(f"[train-default] decoder fine-tuned {steps} steps in {record['seconds']:.0f} s: "
+          f"loss {record['loss_first_50']:.4f} -> {record['loss_last_50']:.4f}")
+    return record
 
 
 READER_STEPS_BATCH = 32
@@ -927,17 +943,13 @@ def train_reader_folder(out: Path, steps: int, threads: int = 2, guidance: float
     _load_into(denoiser, weights)
     denoiser.eval().requires_grad_(False)
     ae.eval().requires_grad_(False)
-    n_frames = net.context_frames + net.frames_per_chunk
-    frames = torch.empty(cfg.clips, n_frames, net.height, net.width, 3, dtype=torch.uint8)
+    frames, clips = _render_training_clips(cfg, net)
     colour = torch.empty(cfg.clips, net.frames_per_chunk, net.height // 8, net.width // 8, dtype=torch.long)
     obj = torch.empty(colour.shape)
-    captions = []
-    for i, (scene, start) in enumerate(training_clips(cfg)):  # make_dataset's clips
-        frames[i] = torch.from_numpy(render(scene, start, n_frames, net.height, net.width))
-        coverage = object_coverage(scene, start, n_frames, net.height, net.width)[net.context_frames:]
+    for i, (scene, start) in enumerate(clips):
+        coverage = object_coverage(scene, start, frames.shape[1], net.height, net.width)[net.context_frames:]
         colour[i], obj[i] = cell_labels(coverage, scene)
-        captions.append(scene.caption)
-    tokens = embed_captions(captions, net)
+    tokens = embed_captions([scene.caption for scene, _ in clips], net)
     with torch.no_grad():
         latents = _encode_frames(ae, frames) / ae.latent_scale
     context, chunk = split_clip(latents, net)
@@ -955,23 +967,19 @@ def train_reader_folder(out: Path, steps: int, threads: int = 2, guidance: float
     accuracy = {"clean": reader_accuracy(reader, chunk[held], colour[held], obj[held]),
                 "denoiser_estimates": reader_accuracy(reader, estimates[held], colour[held], obj[held])}
     save_file({k: v.contiguous() for k, v in reader.state_dict().items()}, str(out / READER_FILE))
-    losses = [r[2] for r in log]
-    meta["reader"] = {"steps": steps, "batch": READER_STEPS_BATCH, "lr": READER_LR, "from": weights.name,
-                      "held_out_clips": cfg.clips - train_rows, "held_out_accuracy": accuracy,
-                      "seconds": round(time.time() - t0, 1),
-                      "loss_first_50": float(np.mean(losses[:50])), "loss_last_50": float(np.mean(losses[-50:]))}
+    record = meta["reader"] = {"steps": steps, "batch": READER_STEPS_BATCH, "lr": READER_LR, "from": weights.name,
+                               "held_out_clips": cfg.clips - train_rows, "held_out_accuracy": accuracy,
+                               "seconds": round(time.time() - t0, 1)}
     sampling = meta.setdefault("sampling", {})
     sampling["reader_guidance"] = READER_GUIDANCE if guidance is None else guidance
     sampling["seam_anchor"] = max(float(sampling.get("seam_anchor", 0.0)), READER_SEAM_ANCHOR)
-    (out / "ltc_model.json").write_text(json.dumps(meta, indent=2) + "\n")
-    old = [r for r in load_loss_log(out, LOG_STAGES) if r[0] != "reader"]
-    save_loss_curves(old + log, out / "loss_curves.png")
+    _finish_folder_stage(out, meta, "reader", record, log)
     est = accuracy["denoiser_estimates"]
-    print(f"[train-default] reader trained {steps} steps in {meta['reader']['seconds']:.0f} s; on held-out clips' "
+    print(f"[train-default] reader trained {steps} steps in {record['seconds']:.0f} s; on held-out clips' "
           f"x0 estimates: background colour {est['background_colour']:.1%}, object colour {est['object_colour']:.1%}, "
           f"object {est['object']:.1%}; sampling.reader_guidance = {sampling['reader_guidance']:g}, "
           f"sampling.seam_anchor = {sampling['seam_anchor']:g}")
-    return meta["reader"]
+    return record
 
 
 # NetConfig switches with a flag of the same name: off by default, the folder's own with --resume
