@@ -420,6 +420,14 @@ def test_evaluate_reports_ltc_against_fewer_steps_and_sampler_angles(quick_folde
     assert fid["ci95"][0] <= fid["accuracy"] <= fid["ci95"][1]
     seen = [r["seen"]["object_pixels"] for r in fid["per_prompt"]]
     assert fid["object_area"]["generated_px"] == pytest.approx(np.mean(seen), abs=0.1) and fid["object_area"]["true_px"] > 0
+    without = report["fidelity_without_ltc"]  # the same checks on the streams sampled again here without LTC
+    checks = []
+    for k, scene in enumerate(held_out_scenes(2)):
+        state, emb = model.new_stream(1000 + k), model.encode_prompt(scene.caption)
+        video = np.concatenate([model.generate_chunk(state, emb, ltc=False).frames for _ in range(2)])
+        checks += list(check_fidelity(video[model.frames_per_chunk:], scene)["checks"].values())
+    assert without["accuracy"] == pytest.approx(np.mean(checks), abs=1e-3)
+    assert without["ltc_minus_without"]["difference"] == pytest.approx(fid["accuracy"] - without["accuracy"], abs=2e-3)
     cont = report["continuity"]
     assert cont["ratio"] == pytest.approx(cont["boundary_change"] / cont["inside_change"], abs=2e-3)
     assert cont["ratio_ci95"][0] <= cont["ratio"] + 1e-3 and cont["ratio"] - 1e-3 <= cont["ratio_ci95"][1]

@@ -245,6 +245,7 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
     # LTC: calls and PSNR against the same noise without LTC
     scenes = held_out_scenes(n_prompts)
     rows, psnrs, psnrs_fewer, calls_ltc, calls_full, seams, truth, from_truth = [], [], [], [], [], [], [], []
+    rows_full = []
     full_sigmas, full_steps = model.sigmas, model.steps
     for k, scene in enumerate(progress(scenes, n_prompts, "held-out prompts")):
         emb = model.encode_prompt(scene.caption)
@@ -267,6 +268,7 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
         psnrs.append(psnr(torch.from_numpy(video).float(), reference))
         psnrs_fewer.append(psnr(torch.from_numpy(videos["fewer"]).float(), reference))
         rows.append(check_fidelity(video[model.frames_per_chunk:], scene))  # judge after the first chunk settles
+        rows_full.append(check_fidelity(videos["full"][model.frames_per_chunk:], scene))
         seams.append(seam_changes(video, model.frames_per_chunk))
         truth.append(frame_change(render(scene, 0, len(video), video.shape[1], video.shape[2])))
         from_truth.append(jump_from_true_context(model, scene, emb, seed=1000 + k))
@@ -275,6 +277,12 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
                           "ci95": bootstrap_interval(rows), "by_kind": by_kind(rows), "prompts": n_prompts,
                           "object_area": object_area(rows), "examples": rows[:6],
                           "per_prompt": [{"caption": r["caption"], "checks": r["checks"], "seen": r["seen"]} for r in rows]}
+    # the same checks on the streams sampled without LTC (same noise): what LTC costs in fidelity
+    full_checks = [v for r in rows_full for v in r["checks"].values()]
+    report["fidelity_without_ltc"] = {"accuracy": round(float(np.mean(full_checks)), 3), "ci95": bootstrap_interval(rows_full),
+                                      "by_kind": by_kind(rows_full), "object_area": object_area(rows_full),
+                                      "ltc_minus_without": paired_difference(
+                                          [{"caption": r["caption"], "checks": r["checks"]} for r in rows_full], rows)}
     report["continuity"] = continuity_report(seams, truth, from_truth)
     report["ltc"] = {"calibrated": model.ltc_weights is not None, "steps": model.steps,
                      "calls_per_chunk_ltc": float(np.mean(calls_ltc)), "calls_per_chunk_full": float(np.mean(calls_full)),
