@@ -42,8 +42,8 @@ READER_SEAM_ANCHOR = 0.4
 READER_FILE = "reader.safetensors"
 # noise selection (`--noise-candidates N`, sampling.noise_candidates; reader.selection_scores): off
 # (1) in folders unless asked for. 4 draws: held-out prompts 200-299 without LTC 68.2% -> 74.1%, the
-# 200 report prompts without LTC 70.3% -> 72.3%, but with LTC (as served) 69.5% -> 70.1% at half
-# the speed (model card, "Noise selection")
+# 200 report prompts without LTC 70.3% -> 72.3%, but with LTC (as served) 69.5% -> 70.1%, a fifth
+# slower at 128x128 (model card, "Noise selection")
 MAX_NOISE_CANDIDATES = 16
 
 
@@ -346,8 +346,8 @@ def add_sampling_arguments(parser) -> None:
     parser.add_argument("--noise-candidates", type=int, default=None, metavar="N",
                         help="default-format models: start each chunk from the best of N noise draws (1-16; 1: off) as "
                              "the folder's colour reader scores their first estimates against the prompt's colours "
-                             "and motion; the first step runs on all N in one batch (4 about halves the speed at "
-                             "128x128 on 2 CPU cores); it pays off with --no-ltc / LTC off, not with LTC (model card) "
+                             "and motion; the first step runs on all N in one batch (4: a fifth slower at 128x128 on 2 "
+                             "CPU cores); it pays off with LTC off, not with LTC (model card) "
                              "(default: the model folder's sampling.noise_candidates; 1 where it names none)")
 
 
