@@ -245,6 +245,7 @@ def test_noise_selection_samples_on_from_the_draw_the_reader_scores_best(attribu
     model = load_model(str(folder), device="cpu")
     one = load_model(str(folder), device="cpu", noise_candidates=1)
     assert model.noise_candidates == 3 and model.reader is not None and model.reader_guidance == 0
+    assert model.ltc_key() == one.ltc_key()  # one calibration serves both (it changes which draw runs, not the sampler)
     emb = model.encode_prompt(PROMPT)
     tokens = emb[None]
     chosen = []

@@ -42,8 +42,8 @@ READER_SEAM_ANCHOR = 0.4
 READER_FILE = "reader.safetensors"
 # noise selection (`--noise-candidates N`, sampling.noise_candidates; reader.selection_scores): off
 # (1) in folders unless asked for. 4 draws: held-out prompts 200-299 without LTC 68.2% -> 74.1%, the
-# 200 report prompts without LTC 70.3% -> 72.3%, but with LTC (as served) 69.5% -> 70.1%, a fifth
-# slower at 128x128 (model card, "Noise selection")
+# 200 report prompts without LTC 70.3% -> 72.3%, but with LTC (as served) 69.5% -> 70.1% (+1.6 on
+# prompts 300-499, within noise too), a fifth slower at 128x128 (model card, "Noise selection")
 MAX_NOISE_CANDIDATES = 16
 
 
@@ -278,11 +278,12 @@ class DefaultModel(VideoModel):
         # the seam anchor changes the trajectories of chunks with a context (named only when on, so
         # calibrations made before it existed still match)
         anchor = {"seam_anchor": self.seam_anchor} if self.seam_anchor else {}
-        # so does reader guidance; with noise selection the calibration runs on the selected draws
+        # so does reader guidance. Noise selection does not name itself: it changes which draw runs,
+        # not the denoiser or the schedule, and weights calibrated on selected draws and on plain ones
+        # agree (the skipped step's w_g 0.988 / 0.989, the same skip; per chunk, LTC against the full
+        # steps 37.6 / 37.4 dB; model card), so one calibration serves both
         if self.reader_guidance > 0:
             anchor.update(reader_guidance=self.reader_guidance, reader=self.reader_digest[:16])
-        if self.noise_candidates > 1:
-            anchor.update(noise_candidates=self.noise_candidates, reader=self.reader_digest[:16])
         return make_key(model=f"ltc-stream-default:{self.weights_digest}", sampler="euler", steps=self.steps,
                         latent_shape=list(self.latent_shape()), guidance_scale=1.0, **anchor)
 
@@ -346,7 +347,7 @@ def add_sampling_arguments(parser) -> None:
                         help="default-format models: start each chunk from the best of N noise draws (1-16; 1: off) as "
                              "the folder's colour reader scores their first estimates against the prompt's colours "
                              "and motion; the first step runs on all N in one batch (4: a fifth slower at 128x128 on 2 "
-                             "CPU cores); it pays off with LTC off, not with LTC (model card) "
+                             "CPU cores); with LTC on its gain on held-out prompts was within noise (model card) "
                              "(default: the model folder's sampling.noise_candidates; 1 where it names none)")
 
 
