@@ -281,8 +281,7 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
     full_checks = [v for r in rows_full for v in r["checks"].values()]
     report["fidelity_without_ltc"] = {"accuracy": round(float(np.mean(full_checks)), 3), "ci95": bootstrap_interval(rows_full),
                                       "by_kind": by_kind(rows_full), "object_area": object_area(rows_full),
-                                      "ltc_minus_without": paired_difference(
-                                          [{"caption": r["caption"], "checks": r["checks"]} for r in rows_full], rows)}
+                                      "ltc_minus_without": paired_difference(rows_full, rows)}
     report["continuity"] = continuity_report(seams, truth, from_truth)
     report["ltc"] = {"calibrated": model.ltc_weights is not None, "steps": model.steps,
                      "calls_per_chunk_ltc": float(np.mean(calls_ltc)), "calls_per_chunk_full": float(np.mean(calls_full)),

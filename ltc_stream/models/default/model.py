@@ -185,8 +185,12 @@ class DefaultModel(VideoModel):
             weight = (self.seam_anchor * fade).view(1, 1, frames, 1, 1)
 
         def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            # one prompt and context serve a batch of draws (noise selection): expanded to x's batch
             tok = tokens.expand(x.shape[0], -1, -1) if tokens.shape[0] != x.shape[0] else tokens
-            x0 = x - sigma * self.denoiser(x, torch.full((x.shape[0],), sigma, device=x.device), tok, context)
+            ctx = context
+            if context is not None and context.shape[0] != x.shape[0]:
+                ctx = context.expand(x.shape[0], -1, -1, -1, -1)
+            x0 = x - sigma * self.denoiser(x, torch.full((x.shape[0],), sigma, device=x.device), tok, ctx)
             if anchor is not None:
                 x0 = torch.lerp(x0, anchor.expand_as(x0), weight)
             if colours is not None and sigma >= READER_MIN_SIGMA:
@@ -204,7 +208,7 @@ class DefaultModel(VideoModel):
 
     def select_noise(self, generator: torch.Generator, tokens: torch.Tensor, den) -> tuple[torch.Tensor, torch.Tensor]:
         """`noise_candidates` draws of a chunk's noise [N, C, T, h, w] taken through the first step
-        together (`den` for batch N), each first x0 estimate scored by the reader
+        together (`den`: this chunk's `denoiser_fn`, which takes any batch), each first x0 estimate scored by the reader
         (`reader.selection_scores`: the prompt's colours, and motion along its velocity where the
         network reads one). Returns the best draw [1, ...] and its x0 estimate, which the sampler reuses."""
         n = self.noise_candidates
@@ -237,9 +241,7 @@ class DefaultModel(VideoModel):
         tokens = tokens[None] if tokens.ndim == 2 else tokens
         den = self.denoiser_fn(tokens, state.context)
         if self.noise_candidates > 1:
-            n = self.noise_candidates
-            context = None if state.context is None else state.context.expand(n, -1, -1, -1, -1)
-            x_T, first_x0 = self.select_noise(state.generator, tokens, self.denoiser_fn(tokens, context))
+            x_T, first_x0 = self.select_noise(state.generator, tokens, den)
             den = _first_call_from(den, x_T, float(self.sigmas[0]), first_x0)
         else:
             x_T = torch.randn(self.latent_shape(), generator=state.generator, device=self.device)
@@ -294,10 +296,9 @@ class DefaultModel(VideoModel):
         gen = torch.Generator(device=self.device).manual_seed(seed)
         tokens = torch.stack([self.encode_prompt(p) for p in prompts])
         if self.noise_candidates > 1:  # calibrated on the noise that runs: each prompt's selected draw
-            n = self.noise_candidates
             picks = []
             for i in range(len(prompts)):
-                ctx = None if contexts is None else contexts[i:i + 1].expand(n, -1, -1, -1, -1)
+                ctx = None if contexts is None else contexts[i:i + 1]
                 picks.append(self.select_noise(gen, tokens[i:i + 1], self.denoiser_fn(tokens[i:i + 1], ctx))[0])
             x_T = torch.cat(picks)
         else:
