@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from ltc_stream.errors import ConfigError, ModelNotFoundError
 from ltc_stream.models import load_model
@@ -1133,3 +1133,66 @@ def test_resume_redistils_with_rollouts_and_the_filter_refuses_a_teacher_with_no
     # a seconds-long teacher draws nothing the reader recognises: one clear error, not an empty training
     with pytest.raises(ConfigError, match="no teacher trajectory passed the pixel checks"):
         train(dataclasses.replace(TrainConfig.quick(), distil_filter=True), net, folder, resume=True)
+
+
+def _velocity_folder(quick_folder, tmp_path, seed: int):
+    """quick_folder's model grown with `text_velocity`, its new paths given weights (as grown they add
+    nothing), saved as a folder that loads through the ordinary path. Returns the folder and the net."""
+    _, _, grown, _, _ = _attribute_net_grown(quick_folder[0], seed, text_velocity=True)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        grown.velocity_head[2].bias.copy_(torch.tensor([0.06, -0.04]))
+        for name, p in grown.named_parameters():
+            if name.startswith("ctx_along.") or ".along." in name:
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    folder = tmp_path / "velocity-folder"
+    shutil.copytree(quick_folder[0], folder)
+    (folder / "ltc_weights.json").unlink(missing_ok=True)
+    save_file({k: v.contiguous() for k, v in grown.state_dict().items()}, str(folder / "student.safetensors"))
+    meta = json.loads((folder / "ltc_model.json").read_text())
+    meta["net"] = grown.cfg.to_dict()
+    (folder / "ltc_model.json").write_text(json.dumps(meta))
+    return folder, grown
+
+
+def test_motion_guidance_pushes_the_first_step_away_from_the_prompt_without_its_motion(quick_folder, tmp_path):
+    folder, grown = _velocity_folder(quick_folder, tmp_path, 9)
+    still = Denoiser(grown.cfg)  # the reference "no motion": the same net with a velocity head that reads 0
+    still.load_state_dict(grown.state_dict())
+    with torch.no_grad():
+        still.velocity_head[2].weight.zero_()
+        still.velocity_head[2].bias.zero_()
+    grown.eval(), still.eval()
+    plain = load_model(str(folder), device="cpu", seam_anchor=0.0, motion_guidance=0.0)
+    guided = load_model(str(folder), device="cpu", seam_anchor=0.0, motion_guidance=2.5)
+    assert plain.motion_guidance == 0 and "motion_guidance" not in plain.ltc_key()
+    assert guided.ltc_key()["motion_guidance"] == 2.5 and guided.describe()["motion_guidance"] == 2.5
+    tokens = plain.encode_prompt("a red ball moving right on a blue background")[None]
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(plain.latent_shape(), generator=gen)
+    context = torch.randn(plain.latent_shape()[:2] + (plain.net.context_frames,) + plain.latent_shape()[3:], generator=gen)
+    with torch.no_grad():
+        for ctx in (None, context):
+            sig = torch.ones(1)
+            v_named, v_still = grown(x, sig, tokens, ctx), still(x, sig, tokens, ctx)
+            assert (v_named - v_still).abs().max() > 1e-3  # the motion matters, so the test can tell
+            expected = x - (v_named + 2.5 * (v_named - v_still))  # x0 = x - sigma * v at sigma 1
+            torch.testing.assert_close(guided.denoiser_fn(tokens, ctx)(x, 1.0), expected, atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(plain.denoiser_fn(tokens, ctx)(x, 1.0), x - v_named, atol=2e-5, rtol=1e-5)
+            # later steps are the network's own
+            assert torch.equal(guided.denoiser_fn(tokens, ctx)(x, 0.75), plain.denoiser_fn(tokens, ctx)(x, 0.75))
+    # streams: guided and plain part at the first step, and a whole chunk runs through the sampler
+    a, b = guided.new_stream(3), plain.new_stream(3)
+    emb = plain.encode_prompt("a red ball moving right on a blue background")
+    ga, gb = guided.generate_chunk(a, emb, ltc=False), plain.generate_chunk(b, emb, ltc=False)
+    assert ga.model_calls == gb.model_calls == plain.steps and not np.array_equal(ga.frames, gb.frames)
+    # the folder's own setting, and refusals
+    meta = json.loads((folder / "ltc_model.json").read_text())
+    meta["sampling"] = {"motion_guidance": 1.5}
+    (folder / "ltc_model.json").write_text(json.dumps(meta))
+    assert load_model(str(folder), device="cpu").motion_guidance == 1.5
+    for bad in (-0.5, 8.5, float("nan")):
+        with pytest.raises(ConfigError, match="motion_guidance"):
+            load_model(str(folder), device="cpu", motion_guidance=bad)
+    with pytest.raises(ConfigError, match="--text-velocity"):
+        load_model(str(quick_folder[0]), device="cpu", motion_guidance=1.0)

@@ -45,6 +45,14 @@ READER_FILE = "reader.safetensors"
 # 200 report prompts without LTC 70.3% -> 72.3%, but with LTC (as served) 69.5% -> 70.1% (+1.6 on
 # prompts 300-499, within noise too), a fifth slower at 128x128 (model card, "Noise selection")
 MAX_NOISE_CANDIDATES = 16
+# motion guidance (`--motion-guidance G`, sampling.motion_guidance): at steps with sigma >=
+# MOTION_MIN_SIGMA (the first step: it lays out where the object goes) the network runs twice, with
+# the velocity the prompt names and with none, and v_named + G * (v_named - v_none) is taken, as
+# classifier-free guidance does for a prompt. Chosen on held-out prompts 200-299 (model card,
+# "Motion guidance"): at the first step only, G 2-4 all gained; at later steps, or stronger, the
+# objects grew and fidelity fell
+MAX_MOTION_GUIDANCE = 8.0
+MOTION_MIN_SIGMA = 1.0
 
 
 @dataclass
@@ -84,7 +92,8 @@ class DefaultModel(VideoModel):
 
     def __init__(self, folder: Path, device: str | torch.device = "auto", steps: int | None = None,
                  use_teacher: bool = False, online_refresh: int = 0, seam_anchor: float | None = None,
-                 reader_guidance: float | None = None, noise_candidates: int | None = None):
+                 reader_guidance: float | None = None, noise_candidates: int | None = None,
+                 motion_guidance: float | None = None):
         folder = Path(folder)
         meta_path = folder / "ltc_model.json"
         if not meta_path.is_file():
@@ -123,6 +132,10 @@ class DefaultModel(VideoModel):
         if candidates < 1 or candidates != int(candidates):
             raise ConfigError(f"noise_candidates must be a whole number between 1 and {MAX_NOISE_CANDIDATES}, got {candidates:g}")
         self.noise_candidates = int(candidates)
+        self.motion_guidance = _sampling_setting(meta, meta_path, "motion_guidance", motion_guidance, MAX_MOTION_GUIDANCE)
+        if self.motion_guidance > 0 and not self.net.text_velocity:
+            raise ConfigError(f"motion guidance {self.motion_guidance:g} contrasts the network's velocity paths; {folder} "
+                              "was trained without --text-velocity (use --motion-guidance 0)")
         self.reader: ColourReader | None = None
         if self.reader_guidance > 0 or self.noise_candidates > 1:
             what = (f"reader guidance {self.reader_guidance:g}" if self.reader_guidance > 0
@@ -171,7 +184,9 @@ class DefaultModel(VideoModel):
         `seam_target` (the previous chunk's last frame carried on along the prompt's motion): weight
         `seam_anchor` at the first frame, fading to none at half the chunk. With `reader_guidance` > 0,
         the x0 estimates of steps at sigma >= READER_MIN_SIGMA then take one step of reader guidance
-        (`reader.guide_x0`) towards the colours the prompt names, as the attribute pooling reads them."""
+        (`reader.guide_x0`) towards the colours the prompt names, as the attribute pooling reads them.
+        With `motion_guidance` G > 0, steps at sigma >= MOTION_MIN_SIGMA run the network on the batch
+        twice over in one call, with the prompt's velocity and without, and take v + G * (v - v_still)."""
         if tokens.ndim == 2:
             tokens = tokens[None]
         colours = self.prompt_colours(tokens) if self.reader_guidance > 0 else None
@@ -190,7 +205,15 @@ class DefaultModel(VideoModel):
             ctx = context
             if context is not None and context.shape[0] != x.shape[0]:
                 ctx = context.expand(x.shape[0], -1, -1, -1, -1)
-            x0 = x - sigma * self.denoiser(x, torch.full((x.shape[0],), sigma, device=x.device), tok, ctx)
+            b = x.shape[0]
+            if self.motion_guidance > 0 and sigma >= MOTION_MIN_SIGMA:
+                both = self.denoiser(torch.cat([x, x]), torch.full((2 * b,), sigma, device=x.device), torch.cat([tok, tok]),
+                                     None if ctx is None else torch.cat([ctx, ctx]),
+                                     velocity_scale=torch.cat([x.new_ones(b), x.new_zeros(b)]))
+                v = both[:b] + self.motion_guidance * (both[:b] - both[b:])
+            else:
+                v = self.denoiser(x, torch.full((b,), sigma, device=x.device), tok, ctx)
+            x0 = x - sigma * v
             if anchor is not None:
                 x0 = torch.lerp(x0, anchor.expand_as(x0), weight)
             if colours is not None and sigma >= READER_MIN_SIGMA:
@@ -271,7 +294,7 @@ class DefaultModel(VideoModel):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info.update(stage=self.stage, seam_anchor=self.seam_anchor, reader_guidance=self.reader_guidance,
-                    noise_candidates=self.noise_candidates, ltc_calibrated=self.ltc_weights is not None,
+                    noise_candidates=self.noise_candidates, motion_guidance=self.motion_guidance, ltc_calibrated=self.ltc_weights is not None,
                     ltc_model_calls=self.ltc_weights.model_calls if self.ltc_weights else self.steps)
         return info
 
@@ -286,6 +309,8 @@ class DefaultModel(VideoModel):
         # steps 37.6 / 37.4 dB; model card), so one calibration serves both
         if self.reader_guidance > 0:
             anchor.update(reader_guidance=self.reader_guidance, reader=self.reader_digest[:16])
+        if self.motion_guidance > 0:  # and motion guidance (its first step is another denoiser)
+            anchor.update(motion_guidance=self.motion_guidance)
         return make_key(model=f"ltc-stream-default:{self.weights_digest}", sampler="euler", steps=self.steps,
                         latent_shape=list(self.latent_shape()), guidance_scale=1.0, **anchor)
 
@@ -334,8 +359,8 @@ def _sampling_setting(meta: dict, meta_path: Path, name: str, given: float | Non
 
 
 def add_sampling_arguments(parser) -> None:
-    """`--seam-anchor W`, `--reader-guidance G` and `--noise-candidates N` for the commands that sample the default model
-    (serve, render, eval-default)."""
+    """`--seam-anchor W`, `--reader-guidance G`, `--noise-candidates N` and `--motion-guidance G` for the
+    commands that sample the default model (serve, render, eval-default)."""
     parser.add_argument("--seam-anchor", type=float, default=None, metavar="W",
                         help="default-format models: pull each chunk's first frames towards the previous chunk's "
                              "last frame carried on along the prompt's motion, weight W (0-1) at the first frame "
@@ -350,11 +375,18 @@ def add_sampling_arguments(parser) -> None:
                              "and motion; the first step runs on all N in one batch (4: a fifth slower at 128x128 on 2 "
                              "CPU cores); with LTC on its gain on held-out prompts was within noise (model card) "
                              "(default: the model folder's sampling.noise_candidates; 1 where it names none)")
+    parser.add_argument("--motion-guidance", type=float, default=None, metavar="G",
+                        help="default-format models trained with --text-velocity: at each chunk's first step, run "
+                             "the network with the prompt's velocity and without, and push the estimate G times "
+                             "(0-8) further along the difference, as classifier-free guidance does for a prompt "
+                             "(default: the model folder's sampling.motion_guidance; 0 where it names none)")
 
 
 def sampling_options(args) -> dict[str, float]:
-    """The load_model options for `--seam-anchor`, `--reader-guidance` and `--noise-candidates`, where given."""
-    return {name: getattr(args, name) for name in ("seam_anchor", "reader_guidance", "noise_candidates") if getattr(args, name, None) is not None}
+    """The load_model options for `--seam-anchor`, `--reader-guidance`, `--noise-candidates` and
+    `--motion-guidance`, where given."""
+    names = ("seam_anchor", "reader_guidance", "noise_candidates", "motion_guidance")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def load_default(path: str | Path | None = None, device: str = "auto", **options: Any) -> DefaultModel:
@@ -363,7 +395,7 @@ def load_default(path: str | Path | None = None, device: str = "auto", **options
         raise ModelNotFoundError(
             f"the packaged default model is missing from {folder}; train it with 'ltc-stream train-default'"
         )
-    allowed = {"steps", "use_teacher", "online_refresh", "seam_anchor", "reader_guidance", "noise_candidates"}
+    allowed = {"steps", "use_teacher", "online_refresh", "seam_anchor", "reader_guidance", "noise_candidates", "motion_guidance"}
     unknown = set(options) - allowed
     if unknown:
         raise ConfigError(f"unknown option(s) for the default model: {', '.join(sorted(unknown))}")

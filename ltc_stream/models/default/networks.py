@@ -454,9 +454,11 @@ class Denoiser(nn.Module):
         return self.cond_mlp(cond)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, tokens: torch.Tensor, context: torch.Tensor | None,
-                cross_keep: torch.Tensor | None = None) -> torch.Tensor:
+                cross_keep: torch.Tensor | None = None, velocity_scale: torch.Tensor | None = None) -> torch.Tensor:
         """`cross_keep` [B] bool (training): False makes a sample's cross-attention see the empty
-        prompt, so the FiLM path has to carry the prompt alone."""
+        prompt, so the FiLM path has to carry the prompt alone. `velocity_scale` [B] (sampling: motion
+        guidance): each sample's velocity (`text_velocity`) times this; 0 runs the velocity paths as
+        for a prompt that names no motion, the words staying as they are."""
         b, c, t, hh, ww = x.shape
         if sigma.ndim == 0:
             sigma = sigma.expand(b)
@@ -473,6 +475,8 @@ class Denoiser(nn.Module):
         velocity = None
         if self.velocity_head is not None:
             velocity = self.grid_velocity(tokens, hh, ww, features)
+            if velocity_scale is not None:
+                velocity = velocity * velocity_scale[:, None]
             if context is not None:
                 h = h + self.ctx_along(self.moved_context(context, velocity, t))
         for block in self.down_blocks:
