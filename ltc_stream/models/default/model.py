@@ -48,9 +48,10 @@ MAX_NOISE_CANDIDATES = 16
 # motion guidance (`--motion-guidance G`, sampling.motion_guidance): at steps with sigma >=
 # MOTION_MIN_SIGMA (the first step: it lays out where the object goes) the network runs twice, with
 # the velocity the prompt names and with none, and v_named + G * (v_named - v_none) is taken, as
-# classifier-free guidance does for a prompt. Chosen on held-out prompts 200-299 (model card,
-# "Motion guidance"): at the first step only, G 2-4 all gained; at later steps, or stronger, the
-# objects grew and fidelity fell
+# classifier-free guidance does for a prompt. Off unless asked for: on held-out prompts 200-299 G 3
+# at the first step only looked best (later steps, or stronger, grew the objects), but with LTC it
+# gained +1.8 points on the 200 report prompts (-1.4 to +5.1) and lost -4.0 (-7.2 to -0.8) on
+# prompts 300-499 (model card, "Motion guidance" under "Tried and not shipped")
 MAX_MOTION_GUIDANCE = 8.0
 MOTION_MIN_SIGMA = 1.0
 
@@ -378,7 +379,8 @@ def add_sampling_arguments(parser) -> None:
     parser.add_argument("--motion-guidance", type=float, default=None, metavar="G",
                         help="default-format models trained with --text-velocity: at each chunk's first step, run "
                              "the network with the prompt's velocity and without, and push the estimate G times "
-                             "(0-8) further along the difference, as classifier-free guidance does for a prompt "
+                             "(0-8) further along the difference, as classifier-free guidance does for a prompt; "
+                             "on the packaged model it did not help (model card) "
                              "(default: the model folder's sampling.motion_guidance; 0 where it names none)")
 
 
