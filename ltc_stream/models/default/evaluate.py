@@ -187,11 +187,11 @@ def guided_teacher_video(model, scene, seed: int, guidance: float, chunks: int =
     return np.concatenate(parts)
 
 
-def guided_teacher_fidelity(model, n_prompts: int, guidance: float) -> dict:
+def guided_teacher_fidelity(model, n_prompts: int, guidance: float, first: int = 0) -> dict:
     """`evaluate`'s fidelity checks on `guided_teacher_video` streams: how good the targets the
     student is distilled towards are, on the same prompts (compare with `--against`)."""
-    scenes = progress(held_out_scenes(n_prompts), n_prompts, f"guided teacher ({model.steps} steps, guidance {guidance:g})")
-    rows = [check_fidelity(guided_teacher_video(model, scene, 1000 + k, guidance)[model.frames_per_chunk:], scene)
+    scenes = progress(held_out_scenes(first + n_prompts)[first:], n_prompts, f"guided teacher ({model.steps} steps, guidance {guidance:g})")
+    rows = [check_fidelity(guided_teacher_video(model, scene, 1000 + first + k, guidance)[model.frames_per_chunk:], scene)
             for k, scene in enumerate(scenes)]
     checks = [v for r in rows for v in r["checks"].values()]
     return {"stage": model.stage, "steps": model.steps, "guidance": guidance,
@@ -240,10 +240,13 @@ def _reshaped(weights, model):
 
 
 @torch.no_grad()
-def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12, sizes=(128, 192, 256)) -> dict:
+def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12, sizes=(128, 192, 256),
+             first: int = 0) -> dict:
+    """`first`: start at that held-out prompt (its stream seeded 1000 + its index, as from 0), so
+    settings are chosen on one stretch of the sequence and reported on another."""
     report: dict = {"model": model.describe()}
     # LTC: calls and PSNR against the same noise without LTC
-    scenes = held_out_scenes(n_prompts)
+    scenes = held_out_scenes(first + n_prompts)[first:]
     rows, psnrs, psnrs_fewer, calls_ltc, calls_full, seams, truth, from_truth = [], [], [], [], [], [], [], []
     rows_full = []
     full_sigmas, full_steps = model.sigmas, model.steps
@@ -255,7 +258,7 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
             # comparison for distilled models (4 -> 3 steps) at the same number of model calls
             if mode == "fewer":
                 model.sigmas, model.steps = sigma_schedule(full_steps - 1), full_steps - 1
-            state = model.new_stream(1000 + k)
+            state = model.new_stream(1000 + first + k)
             parts = []
             for _ in range(chunks):
                 r = model.generate_chunk(state, emb, ltc=mode == "ltc")
@@ -271,11 +274,11 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
         rows_full.append(check_fidelity(videos["full"][model.frames_per_chunk:], scene))
         seams.append(seam_changes(video, model.frames_per_chunk))
         truth.append(frame_change(render(scene, 0, len(video), video.shape[1], video.shape[2])))
-        from_truth.append(jump_from_true_context(model, scene, emb, seed=1000 + k))
+        from_truth.append(jump_from_true_context(model, scene, emb, seed=1000 + first + k))
     checks = [v for r in rows for v in r["checks"].values()]
     report["fidelity"] = {"accuracy": round(float(np.mean(checks)), 3), "checks": len(checks),
                           "ci95": bootstrap_interval(rows), "by_kind": by_kind(rows), "prompts": n_prompts,
-                          "object_area": object_area(rows), "examples": rows[:6],
+                          "first_prompt": first, "object_area": object_area(rows), "examples": rows[:6],
                           "per_prompt": [{"caption": r["caption"], "checks": r["checks"], "seen": r["seen"]} for r in rows]}
     # the same checks on the streams sampled without LTC (same noise): what LTC costs in fidelity
     full_checks = [v for r in rows_full for v in r["checks"].values()]
@@ -463,6 +466,9 @@ def calibrate_model(model, n_prompts: int = 16, tau: float = 0.1, max_skips: int
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help="default or a default-format model folder")
     parser.add_argument("--prompts", type=int, default=20, help="held-out prompts for the fidelity check")
+    parser.add_argument("--first-prompt", type=int, default=0, metavar="K",
+                        help="start at held-out prompt K (default 0): choose settings on one stretch of the "
+                             "sequence (the model card's: 200-499) and report on another (0-199)")
     parser.add_argument("--calibrate", action="store_true", help="measure LTC weights first and save them with the model")
     parser.add_argument("--tau", type=float, default=0.1, help="LTC angle threshold for --calibrate (radians)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 192, 256])
@@ -485,6 +491,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.prompts < 1:
         raise ConfigError(f"--prompts must be >= 1, got {args.prompts}")
+    if not 0 <= args.first_prompt <= 100_000:
+        raise ConfigError(f"--first-prompt must be between 0 and 100000, got {args.first_prompt}")
     against = load_report_rows(args.against) if args.against else None  # fail before the long work
     torch.set_num_threads(args.threads)
     if args.guided_teacher is not None:
@@ -495,7 +503,8 @@ def main(args: argparse.Namespace) -> int:
         model = load_model(args.model, device="cpu", use_teacher=True, steps=args.teacher_steps, seam_anchor=0.0)
         if model.stage != "teacher":
             raise ConfigError(f"{args.model} has no teacher weights to measure")
-        report = {"model": model.describe(), "guided_teacher": guided_teacher_fidelity(model, args.prompts, args.guided_teacher)}
+        report = {"model": model.describe(), "guided_teacher": guided_teacher_fidelity(model, args.prompts, args.guided_teacher,
+                                                                                       args.first_prompt)}
         rows = report["guided_teacher"]["per_prompt"]
     else:
         model = load_model(args.model, device="cpu", **sampling_options(args))
@@ -503,7 +512,7 @@ def main(args: argparse.Namespace) -> int:
             w = calibrate_model(model, tau=args.tau)
             print(f"LTC calibrated: skip {w.skipped_steps}, angles {[None if a is None else round(a, 3) for a in w.angles]}",
                   file=sys.stderr)
-        report = evaluate(model, n_prompts=args.prompts, sizes=tuple(args.sizes))
+        report = evaluate(model, n_prompts=args.prompts, sizes=tuple(args.sizes), first=args.first_prompt)
         rows = report["fidelity"]["per_prompt"]
     if against is not None:
         report["against"] = {"report": args.against, **paired_difference(against, rows)}

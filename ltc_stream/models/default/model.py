@@ -295,7 +295,8 @@ class DefaultModel(VideoModel):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info.update(stage=self.stage, seam_anchor=self.seam_anchor, reader_guidance=self.reader_guidance,
-                    noise_candidates=self.noise_candidates, motion_guidance=self.motion_guidance, ltc_calibrated=self.ltc_weights is not None,
+                    noise_candidates=self.noise_candidates, motion_guidance=self.motion_guidance,
+                    ltc_calibrated=self.ltc_weights is not None,
                     ltc_model_calls=self.ltc_weights.model_calls if self.ltc_weights else self.steps)
         return info
 
