@@ -123,5 +123,11 @@ def main(args: argparse.Namespace) -> int:
     frames, info = render(model, prompts, args.seconds, ltc=not args.no_ltc, seed=args.seed,
                           prompt_change=args.on_prompt_change)
     write_video(args.output, frames, model.fps)
-    print(json.dumps({"output": str(args.output), "ltc": not args.no_ltc, **info}))
+    # "ltc": whether LTC ran (saved a call), not whether it was asked for: a model without LTC weights
+    # for these settings runs every step and says so once at load
+    applied = not args.no_ltc and info["model_calls"] < info["steps"]
+    if not args.no_ltc and not applied:
+        print("ltc-stream render: LTC saved no model call (no LTC weights for this model and these settings)",
+              file=sys.stderr)
+    print(json.dumps({"output": str(args.output), "ltc": applied, **info}))
     return 0

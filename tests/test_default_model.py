@@ -221,6 +221,23 @@ def test_render_writes_a_decodable_video_with_timed_prompts(quick_folder, tmp_pa
     assert len(decoded) == 32 and decoded[0].shape == (64, 64, 3)
 
 
+def test_render_says_whether_ltc_ran(quick_folder, tmp_path, capsys):
+    """The JSON's "ltc" is true only where LTC saved calls: with a seam anchor the folder's LTC weights
+    were not calibrated for, every step runs, and render says so instead of claiming LTC."""
+    from ltc_stream.cli import main
+
+    folder = tmp_path / "calibrated"
+    shutil.copytree(quick_folder[0], folder)
+    calibrate_model(load_model(str(folder), device="cpu"), n_prompts=4, tau=3.0)  # tau 3 rad: one step skipped
+    base = ["render", "--prompt", "a red ball", "--seconds", "0.5", "--model", str(folder), "--device", "cpu"]
+    for extra, applied in (((), True), (("--seam-anchor", "0.55"), False), (("--no-ltc",), False)):
+        assert main(base + ["--output", str(tmp_path / "v.mp4"), *extra]) == 0
+        captured = capsys.readouterr()
+        info = json.loads(captured.out.strip().splitlines()[-1])
+        assert info["ltc"] is applied and (info["model_calls"] < info["steps"]) is applied
+        assert ("LTC saved no model call" in captured.err) is (extra[:1] == ("--seam-anchor",))
+
+
 @pytest.mark.skipif(not (PACKAGED / "student.safetensors").is_file(), reason="packaged weights not trained yet")
 def test_packaged_default_model_loads_by_name():
     model = load_model("default", device="cpu")

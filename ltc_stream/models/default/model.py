@@ -165,7 +165,9 @@ class DefaultModel(VideoModel):
             try:
                 self.ltc_weights = LTCWeights.load(ltc_path, expect_key=self.ltc_key())
             except Exception as exc:  # calibrated for other weights or steps: run without, loudly
-                log.warning("LTC weights in %s not used: %s", ltc_path, exc)
+                log.warning("LTC weights in %s not used: %s. Every step runs until LTC is calibrated for these "
+                            "settings: 'ltc-stream eval-default --model DIR --calibrate' with the same sampling options "
+                            "(on a copy of the folder, to keep its own calibration)", ltc_path, exc)
         self.online = OnlineLTC(self.ltc_weights, every=online_refresh) if (online_refresh and self.ltc_weights) else None
 
     # --- VideoModel ---------------------------------------------------------------------------
