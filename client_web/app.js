@@ -86,6 +86,7 @@
         state.hello = msg;
         $("now").textContent = msg.prompt || "";
         input.maxLength = msg.limits?.max_prompt_chars || 300;
+        renderExamples(msg.model?.example_prompts || []);
         break;
       case "answer":
         pc.setRemoteDescription({ type: "answer", sdp: msg.sdp }).catch((e) => show(`WebRTC: ${e}`, true));
@@ -125,6 +126,19 @@
     }
   }
 
+  // the model's own prompt ideas (hello.model.example_prompts), as buttons; the kiosk cycles them
+  let ideas = CURATED;
+  function renderExamples(prompts) {
+    ideas = prompts.length ? prompts : CURATED;
+    $("examples").replaceChildren(...prompts.map((text) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = text;
+      b.onclick = () => { lastTyped = Date.now(); submitPrompt(text); };
+      return b;
+    }));
+  }
+
   function renderHistory() {
     const list = $("history");
     list.replaceChildren(...history.map((text) => {
@@ -154,7 +168,7 @@
     }
     if (kiosk && Date.now() - lastTyped > IDLE_MS && Date.now() - lastCycle > CYCLE_MS) {
       lastCycle = Date.now();
-      submitPrompt(CURATED[cycleIndex++ % CURATED.length], true);
+      submitPrompt(ideas[cycleIndex++ % ideas.length], true);
     }
   }
   setInterval(() => pollStats().catch(() => {}), 1000);

@@ -74,7 +74,9 @@ def wait_colour(page, rgb, timeout_s=20.0, tol=30.0) -> np.ndarray:
 
 
 def test_page_plays_and_a_typed_prompt_changes_the_picture(browser):
-    with ServerThread(ColourModel(), prompt="a red square") as server:
+    model = ColourModel()
+    model.example_prompts = ("a yellow sun", "a green field")  # the model's ideas: shown as buttons
+    with ServerThread(model, prompt="a red square") as server:
         page = browser.new_page(viewport={"width": 900, "height": 900})
         page.goto(server.url)
         page.wait_for_function("window.ltc && window.ltc.framesDecoded > 10", timeout=20000)
@@ -90,6 +92,12 @@ def test_page_plays_and_a_typed_prompt_changes_the_picture(browser):
         assert np.abs(red - blue).max() > 100
         assert page.locator("#history li").first.inner_text() == "a big blue square"
         page.wait_for_function("window.ltc.stats && window.ltc.stats.generation_fps > 0", timeout=5000)
+        # one click on an idea steers like typing it
+        assert page.locator("#examples button").all_inner_texts() == ["a yellow sun", "a green field"]
+        page.locator("#examples button", has_text="a green field").click()
+        page.wait_for_function("window.ltc.acks.length > 1", timeout=10000)
+        assert page.evaluate("window.ltc.acks[1].text") == "a green field"
+        wait_colour(page, COLOUR_WORDS["green"])
         page.close()
 
 

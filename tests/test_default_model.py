@@ -471,6 +471,18 @@ def test_evaluate_from_a_later_prompt_judges_that_prompts_own_stream(quick_folde
     assert report["continuity"]["inside_change"] == pytest.approx(np.mean(seams["inside"]), abs=2e-3)
 
 
+def test_example_prompts_are_captions_of_the_world_the_model_learnt():
+    from ltc_stream.models.default.model import DefaultModel
+    from ltc_stream.models.default.world import SceneObject, caption
+
+    scenes = [("circle", "red", "left", "blue"), ("star", "yellow", "spinning", "purple"), ("square", "white", "up", "green"),
+              ("triangle", "pink", "bouncing", "cyan"), ("circle", "green", "growing", "black")]
+    expected = [caption(Scene(objects=[SceneObject(shape=shape, colour=colour, motion=motion, speed="normal", x0=0.5, y0=0.5,
+                                                   size=0.2, phase=0.0)], background="plain", bg_colours=(bg,)))
+                for shape, colour, motion, bg in scenes]
+    assert list(DefaultModel.example_prompts) == expected
+
+
 def _linear_scene():
     seed = 0
     while True:

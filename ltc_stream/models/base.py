@@ -71,6 +71,10 @@ class VideoModel(ABC):
             cache[text] = encode(text).to(self.device, getattr(self, "dtype", None))
         return cache[text]
 
+    # prompts this model draws well, offered to viewers as ideas (the web client shows them as
+    # buttons and its kiosk idle loop cycles through them); empty: the client's own general ones
+    example_prompts: tuple[str, ...] = ()
+
     def describe(self) -> dict[str, Any]:
         """What /health and the benchmarks print about the model."""
         return {
@@ -82,4 +86,5 @@ class VideoModel(ABC):
             "steps": self.steps,
             "prompt_change": self.prompt_change,
             "device": str(self.device),
+            "example_prompts": list(self.example_prompts),
         }

@@ -90,6 +90,14 @@ class DefaultModel(VideoModel):
     # (background 65% / 75%)
     # (eval-default's prompt_change on 20 held-out pairs; model card)
     prompt_change = "cut"
+    # inside the world it was trained on (world.py: one object on a plain background), as its captions say it
+    example_prompts = (
+        "a red circle moving left on a blue background",
+        "a yellow star spinning on a purple background",
+        "a white square moving up on a green background",
+        "a pink triangle bouncing on a cyan background",
+        "a green circle growing on a black background",
+    )
 
     def __init__(self, folder: Path, device: str | torch.device = "auto", steps: int | None = None,
                  use_teacher: bool = False, online_refresh: int = 0, seam_anchor: float | None = None,
