@@ -127,7 +127,7 @@ def main(args: argparse.Namespace) -> int:
     # for these settings runs every step and says so once at load
     applied = not args.no_ltc and info["model_calls"] < info["steps"]
     if not args.no_ltc and not applied:
-        print("ltc-stream render: LTC saved no model call (no LTC weights for this model and these settings)",
-              file=sys.stderr)
+        print("ltc-stream render: LTC saved no model call (no LTC weights for this model and these settings, "
+              "or weights that skip no step)", file=sys.stderr)
     print(json.dumps({"output": str(args.output), "ltc": applied, **info}))
     return 0
