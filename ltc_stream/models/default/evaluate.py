@@ -38,6 +38,7 @@ from .train import progress, to_unit
 from .world import COLOURS, LINEAR_MOTIONS, MOTIONS, caption, render, sample_scene
 
 PALETTE = {name: np.array(rgb, np.float32) for name, (rgb, _) in COLOURS.items()}
+STREAM_SEED = 1000  # held-out prompt k's stream (its noise) is seeded STREAM_SEED + k
 HELD_OUT_SEED = 2_000_000_000  # training draws seeds below 2**31 from its own stream: collisions are negligible
 
 
@@ -137,17 +138,19 @@ def continuity_report(seams: list[dict], truth: list[np.ndarray], from_truth: li
                                   "ratio": round(jump / max(1e-6, jump_inside), 3)}}
 
 
-def held_out_scenes(n: int) -> list:
-    """Single-object, plain-background scenes with held-out seeds and freshly drawn wording."""
+def held_out_scenes(n: int, first: int = 0) -> list:
+    """Single-object, plain-background scenes with held-out seeds and freshly drawn wording: the
+    sequence's scenes `first` to `first + n - 1` (the sequence skips other backgrounds, so it is
+    always drawn from its start)."""
     scenes, seed = [], HELD_OUT_SEED
-    while len(scenes) < n:
+    while len(scenes) < first + n:
         scene = sample_scene(seed, max_objects=1)
         seed += 1
         if scene.background != "plain":
             continue
         scene.caption = caption(scene, np.random.default_rng(seed + 7))
         scenes.append(scene)
-    return scenes
+    return scenes[first:]
 
 
 def check_fidelity(frames: np.ndarray, scene) -> dict:
@@ -190,8 +193,8 @@ def guided_teacher_video(model, scene, seed: int, guidance: float, chunks: int =
 def guided_teacher_fidelity(model, n_prompts: int, guidance: float, first: int = 0) -> dict:
     """`evaluate`'s fidelity checks on `guided_teacher_video` streams: how good the targets the
     student is distilled towards are, on the same prompts (compare with `--against`)."""
-    scenes = progress(held_out_scenes(first + n_prompts)[first:], n_prompts, f"guided teacher ({model.steps} steps, guidance {guidance:g})")
-    rows = [check_fidelity(guided_teacher_video(model, scene, 1000 + first + k, guidance)[model.frames_per_chunk:], scene)
+    scenes = progress(held_out_scenes(n_prompts, first), n_prompts, f"guided teacher ({model.steps} steps, guidance {guidance:g})")
+    rows = [check_fidelity(guided_teacher_video(model, scene, STREAM_SEED + first + k, guidance)[model.frames_per_chunk:], scene)
             for k, scene in enumerate(scenes)]
     checks = [v for r in rows for v in r["checks"].values()]
     return {"stage": model.stage, "steps": model.steps, "guidance": guidance,
@@ -242,23 +245,23 @@ def _reshaped(weights, model):
 @torch.no_grad()
 def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12, sizes=(128, 192, 256),
              first: int = 0) -> dict:
-    """`first`: start at that held-out prompt (its stream seeded 1000 + its index, as from 0), so
-    settings are chosen on one stretch of the sequence and reported on another."""
+    """`first`: start at that held-out prompt (its stream seeded STREAM_SEED + its index, as from 0),
+    so settings are chosen on one stretch of the sequence and reported on another."""
     report: dict = {"model": model.describe()}
     # LTC: calls and PSNR against the same noise without LTC
-    scenes = held_out_scenes(first + n_prompts)[first:]
+    scenes = held_out_scenes(n_prompts, first)
     rows, psnrs, psnrs_fewer, calls_ltc, calls_full, seams, truth, from_truth = [], [], [], [], [], [], [], []
     rows_full = []
     full_sigmas, full_steps = model.sigmas, model.steps
     for k, scene in enumerate(progress(scenes, n_prompts, "held-out prompts")):
-        emb = model.encode_prompt(scene.caption)
+        emb, seed = model.encode_prompt(scene.caption), STREAM_SEED + first + k
         videos = {}
         for mode in ("ltc", "full", "fewer"):
             # "fewer": the model at one step fewer of its own schedule, no LTC: the paper's fair
             # comparison for distilled models (4 -> 3 steps) at the same number of model calls
             if mode == "fewer":
                 model.sigmas, model.steps = sigma_schedule(full_steps - 1), full_steps - 1
-            state = model.new_stream(1000 + first + k)
+            state = model.new_stream(seed)
             parts = []
             for _ in range(chunks):
                 r = model.generate_chunk(state, emb, ltc=mode == "ltc")
@@ -274,7 +277,7 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
         rows_full.append(check_fidelity(videos["full"][model.frames_per_chunk:], scene))
         seams.append(seam_changes(video, model.frames_per_chunk))
         truth.append(frame_change(render(scene, 0, len(video), video.shape[1], video.shape[2])))
-        from_truth.append(jump_from_true_context(model, scene, emb, seed=1000 + first + k))
+        from_truth.append(jump_from_true_context(model, scene, emb, seed=seed))
     checks = [v for r in rows for v in r["checks"].values()]
     report["fidelity"] = {"accuracy": round(float(np.mean(checks)), 3), "checks": len(checks),
                           "ci95": bootstrap_interval(rows), "by_kind": by_kind(rows), "prompts": n_prompts,

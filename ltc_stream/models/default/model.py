@@ -54,6 +54,8 @@ MAX_NOISE_CANDIDATES = 16
 # prompts 300-499 (model card, "Motion guidance" under "Tried and not shipped")
 MAX_MOTION_GUIDANCE = 8.0
 MOTION_MIN_SIGMA = 1.0
+# the sampling settings a folder's `sampling` names and `load_default` / the commands take
+SAMPLING_OPTIONS = ("seam_anchor", "reader_guidance", "noise_candidates", "motion_guidance")
 
 
 @dataclass
@@ -398,8 +400,7 @@ def add_sampling_arguments(parser) -> None:
 def sampling_options(args) -> dict[str, float]:
     """The load_model options for `--seam-anchor`, `--reader-guidance`, `--noise-candidates` and
     `--motion-guidance`, where given."""
-    names = ("seam_anchor", "reader_guidance", "noise_candidates", "motion_guidance")
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    return {name: getattr(args, name) for name in SAMPLING_OPTIONS if getattr(args, name, None) is not None}
 
 
 def load_default(path: str | Path | None = None, device: str = "auto", **options: Any) -> DefaultModel:
@@ -408,7 +409,7 @@ def load_default(path: str | Path | None = None, device: str = "auto", **options
         raise ModelNotFoundError(
             f"the packaged default model is missing from {folder}; train it with 'ltc-stream train-default'"
         )
-    allowed = {"steps", "use_teacher", "online_refresh", "seam_anchor", "reader_guidance", "noise_candidates", "motion_guidance"}
+    allowed = {"steps", "use_teacher", "online_refresh", *SAMPLING_OPTIONS}
     unknown = set(options) - allowed
     if unknown:
         raise ConfigError(f"unknown option(s) for the default model: {', '.join(sorted(unknown))}")
