@@ -108,15 +108,23 @@ def _ensure_ltc(model, args) -> str:
     return "calibrated now (no ltc_weights.json in the folder)"
 
 
-def _compile(model, mode: str) -> None:
+def _compile(model, mode: str) -> str | None:
+    """Compile the model's network; returns what was compiled. Networks that name their repeated
+    blocks (diffusers' `_repeated_blocks`, e.g. Wan's 30 transformer blocks) get regional
+    compilation: one compiled block serves them all, so compiling takes seconds, not minutes."""
     net = _network(model)
     if net is None or mode == "none":
-        return
+        return None
+    torch._dynamo.reset()  # the configurations before compiled the same code with other settings
     kwargs = {"mode": "reduce-overhead"} if mode == "cudagraphs" else {}
+    if getattr(net, "_repeated_blocks", None) and hasattr(net, "compile_repeated_blocks"):
+        net.compile_repeated_blocks(**kwargs)
+        return "repeated blocks (" + ", ".join(net._repeated_blocks) + ")"
     compiled = torch.compile(net, dynamic=False, **kwargs)
     for attr in ("transformer", "unet", "denoiser"):
         if getattr(model, attr, None) is net:
             setattr(model, attr, compiled)
+    return "whole network"
 
 
 def _sync(device) -> None:
@@ -127,24 +135,32 @@ def _sync(device) -> None:
 def run_config(args, cfg: dict[str, Any]) -> dict[str, Any]:
     model = _load(args, cfg["decoder"])
     ltc_source = _ensure_ltc(model, args) if cfg["ltc"] else None
-    _compile(model, cfg["compile"])
+    compiled = _compile(model, cfg["compile"])
+    step = torch.compiler.cudagraph_mark_step_begin if cfg["compile"] == "cudagraphs" else (lambda: None)
+
+    def chunk(state, emb):
+        step()  # under CUDA graphs: a new generation (the graphs' earlier outputs may be reused)
+        return model.generate_chunk(state, emb, ltc=cfg["ltc"])
+
     device = model.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     emb = model.encode_prompt("a red ball rolls to the left over a blue sky")
     state = model.new_stream(seed=0)
     t0 = time.perf_counter()
-    first = model.generate_chunk(state, emb, ltc=cfg["ltc"])  # includes compilation when compiling
+    first = chunk(state, emb)  # includes compilation when compiling
     _sync(device)
     ttff_cold = time.perf_counter() - t0
-    for _ in range(max(0, args.warmup - 1)):
-        model.generate_chunk(state, emb, ltc=cfg["ltc"])
+    # warm up past the model's steady state (a causal model's KV cache fills over its first chunks)
+    warmup = max(args.warmup, getattr(model, "steady_state_chunks", lambda: 1)())
+    for _ in range(warmup - 1):
+        chunk(state, emb)
     frames = calls = 0
     denoise_s = decode_s = 0.0
     _sync(device)
     t0 = time.perf_counter()
     for _ in range(args.chunks):
-        r = model.generate_chunk(state, emb, ltc=cfg["ltc"])
+        r = chunk(state, emb)
         frames += len(r.frames)
         calls += r.model_calls
         denoise_s += r.denoise_s
@@ -154,7 +170,7 @@ def run_config(args, cfg: dict[str, Any]) -> dict[str, Any]:
     # time to first frame of a fresh stream on the warm model (what a new viewer waits)
     state2 = model.new_stream(seed=1)
     t1 = time.perf_counter()
-    model.generate_chunk(state2, emb, ltc=cfg["ltc"])
+    chunk(state2, emb)
     _sync(device)
     ttff = time.perf_counter() - t1
     entry = dict(cfg, e2e_fps=round(frames / wall, 2), denoise_fps=round(frames / denoise_s, 2),
@@ -162,7 +178,8 @@ def run_config(args, cfg: dict[str, Any]) -> dict[str, Any]:
                  ttff_s=round(ttff, 3), ttff_cold_s=round(ttff_cold, 3),
                  peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
                  calls_per_chunk=round(calls / args.chunks, 2), frames_per_chunk=frames / args.chunks,
-                 first_chunk_frames=len(first.frames), ltc_weights=ltc_source)
+                 first_chunk_frames=len(first.frames), ltc_weights=ltc_source, warmup_chunks=warmup,
+                 compiled=compiled)
     extra = first.extra or {}
     if "kv_cache_bytes" in extra:
         entry["kv_cache_mb"] = round(r.extra["kv_cache_bytes"] / 2**20, 3)
@@ -176,6 +193,9 @@ def run_config(args, cfg: dict[str, Any]) -> dict[str, Any]:
 def _shares(entries: list[dict[str, Any]]) -> dict[str, float]:
     """Each lever's speed-up: end-to-end FPS with it over the configuration it was added to."""
     out = {}
+    entries = [e for e in entries if "error" not in e]
+    if len(entries) < 2:
+        return out
     by_lever = {e["lever"]: e for e in entries}
     for i, e in enumerate(entries[1:], 1):
         before = entries[i - 1]
@@ -197,17 +217,43 @@ def main(args: argparse.Namespace) -> int:
     from .device import resolve_device
 
     device = resolve_device(args.device)
-    entries = []
+    entries: list[dict[str, Any]] = []
     for cfg in _configs(levers, device.type == "cuda", _tiny_available(args)):
         if not args.json:
             print(f"[bench] {cfg} ...", file=sys.stderr, flush=True)
-        entry = run_config(args, cfg)
+        try:
+            entry = run_config(args, cfg)
+        except ConfigError:
+            raise
+        except Exception as exc:  # one lever failing (a compiler error, out of memory) is a result too
+            entry = dict(cfg, error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500])
+            print(f"[bench]   failed: {entry['error']}", file=sys.stderr, flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         entries.append(entry)
-        if not args.json:
+        if not args.json and "error" not in entry:
             print(f"[bench]   e2e {entry['e2e_fps']} FPS, denoise {entry['denoise_fps']}, decode "
                   f"{entry['decode_fps']}, calls/chunk {entry['calls_per_chunk']}, TTFF {entry['ttff_s']} s",
                   file=sys.stderr, flush=True)
-    result = {
+        if args.output:  # partial results survive a run cut short
+            _write(args.output, _result(args, device, entries))
+    result = _result(args, device, entries)
+    text = json.dumps(result, indent=None if args.json else 2)
+    print(text)
+    if args.output:
+        _write(args.output, result)
+    if all("error" in e for e in entries):
+        raise ConfigError("every configuration failed: " + entries[0]["error"])
+    return 0
+
+
+def _write(path: str, result: dict[str, Any]) -> None:
+    with open(path, "w") as fh:
+        fh.write(json.dumps(result, indent=2) + "\n")
+
+
+def _result(args, device, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
         "model": args.model,
         "random_weights": bool(args.random_weights),
         "note": "random weights: throughput only, frames are noise" if args.random_weights else None,
@@ -219,12 +265,6 @@ def main(args: argparse.Namespace) -> int:
         "runs": entries,
         "lever_speedups": _shares(entries) if len(entries) > 1 else {},
     }
-    text = json.dumps(result, indent=None if args.json else 2)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as fh:
-            fh.write(json.dumps(result, indent=2) + "\n")
-    return 0
 
 
 if __name__ == "__main__":  # python -m ltc_stream.bench

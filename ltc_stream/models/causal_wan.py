@@ -62,8 +62,10 @@ class KVCache:
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         old_k, old_v = self.k[layer], self.v[layer]
-        k_all = k if old_k is None else torch.cat([old_k, k], 1)
-        v_all = v if old_v is None else torch.cat([old_v, v], 1)
+        # a copy even when the cache is empty: k and v may live in a CUDA graph's memory pool,
+        # which the next replay overwrites
+        k_all = k.clone() if old_k is None else torch.cat([old_k, k], 1)
+        v_all = v.clone() if old_v is None else torch.cat([old_v, v], 1)
         frames = k_all.shape[1] // self.tokens_per_frame
         self.k[layer], self.v[layer] = self._trim(k_all, frames), self._trim(v_all, frames)
 
@@ -139,7 +141,10 @@ class ChunkRope(nn.Module):
         cos, sin = self._tables(all_pos, pph, ppw)
         tpf = pph * ppw
         self.ctx.cache_rope = (cos[:, : cached * tpf], sin[:, : cached * tpf]) if cached else None
-        return cos[:, cached * tpf:].to(hidden_states.device), sin[:, cached * tpf:].to(hidden_states.device)
+        # copies: a slice's strides follow the cached length, and torch.compile guards on strides
+        fmt = torch.contiguous_format
+        return (cos[:, cached * tpf:].to(hidden_states.device).clone(memory_format=fmt),
+                sin[:, cached * tpf:].to(hidden_states.device).clone(memory_format=fmt))
 
 
 class CausalWanAttnProcessor:
@@ -159,6 +164,18 @@ class CausalWanAttnProcessor:
         value = value.unflatten(2, (attn.heads, -1))
         cos, sin = rotary_emb
         query_r, key_r = _rotate(query, cos, sin), _rotate(key, cos, sin)
+        out = self._attend(query_r, key, key_r, value, dispatch_attention_fn)
+        out = out.flatten(2, 3).type_as(query)
+        out = attn.to_out[0](out)
+        return attn.to_out[1](out)
+
+
+    # The cache's reads and writes stay out of torch.compile's graphs: the cached length grows
+    # chunk by chunk and each block reads its own layer, which would recompile the (shared)
+    # compiled block for every length and every layer; under CUDA graphs the stored keys must
+    # also live outside the graphs' memory pool. Projections, norms and the FFN stay compiled.
+    @torch.compiler.disable
+    def _attend(self, query_r, key, key_r, value, attention_fn):
         ctx = self.ctx
         cache = ctx.cache
         if cache is not None and cache.k[self.layer] is not None and ctx.cache_rope is not None:
@@ -169,10 +186,7 @@ class CausalWanAttnProcessor:
             keys, values = key_r, value
         if cache is not None and ctx.write:
             cache.append(self.layer, key, value)
-        out = dispatch_attention_fn(query_r, keys, values, attn_mask=None, dropout_p=0.0, is_causal=False)
-        out = out.flatten(2, 3).type_as(query)
-        out = attn.to_out[0](out)
-        return attn.to_out[1](out)
+        return attention_fn(query_r, keys, values, attn_mask=None, dropout_p=0.0, is_causal=False)
 
 
 def make_causal(transformer) -> CausalContext:
@@ -313,6 +327,10 @@ class CausalWanModel(VideoModel):
     def tokens_per_frame(self) -> int:
         _, p_h, p_w = self.transformer.config.patch_size
         return (self.height // self.spatial_factor // p_h) * (self.width // self.spatial_factor // p_w)
+
+    def steady_state_chunks(self) -> int:
+        """Chunks until the KV cache is full (its length, and so each call's cost, stops growing)."""
+        return -(-(self.sink_frames + self.window_frames) // self.latent_frames) + 1
 
     def new_stream(self, seed: int = 0) -> WanStreamState:
         cache = KVCache(len(self.transformer.blocks), self.tokens_per_frame(), self.sink_frames, self.window_frames)
