@@ -1244,3 +1244,32 @@ def test_motion_guidance_pushes_the_first_step_away_from_the_prompt_without_its_
             load_model(str(folder), device="cpu", motion_guidance=bad)
     with pytest.raises(ConfigError, match="--text-velocity"):
         load_model(str(quick_folder[0]), device="cpu", motion_guidance=1.0)
+
+
+@pytest.mark.skipif(not (PACKAGED / "student.safetensors").is_file(), reason="packaged weights not trained yet")
+@pytest.mark.parametrize("options", [{}, {"motion_guidance": 3.0}, {"noise_candidates": 3}])
+def test_sampling_creates_every_tensor_on_the_model_device(options):
+    """The packaged model's sampling steps with every sampling option, on PyTorch's 'meta' device:
+    a tensor made on the CPU by a missing `device=` meets a meta one and raises, as it would meet a
+    CUDA one on a GPU (the seam anchor's lags once did, found on an H200)."""
+    model = load_model("default", device="cpu", **options)
+    meta = torch.device("meta")
+    for module in (model.denoiser, model.autoencoder, model.reader):
+        if module is not None:
+            module.to(meta)
+    model.device = meta
+    assert model.reader_guidance > 0 and model.seam_anchor > 0  # the shipped options are exercised
+    tokens = torch.zeros(1, model.net.max_tokens, 384, device=meta)
+    context = torch.zeros(1, model.net.latent_channels, model.net.context_frames, 16, 16, device=meta)
+    for ctx in (None, context):
+        den = model.denoiser_fn(tokens, ctx)
+        batch = max(1, model.noise_candidates)
+        for sigma in (1.0, 0.5):
+            x0 = den(torch.zeros(model.latent_shape(batch), device=meta), sigma)
+            assert x0.device == meta and x0.shape == model.latent_shape(batch)
+    if model.noise_candidates > 1:  # the reader's ranking of the draws
+        from ltc_stream.models.default.reader import selection_scores
+
+        x0 = model.denoiser_fn(tokens, context)(torch.zeros(model.latent_shape(3), device=meta), 1.0)
+        velocity = model.denoiser.grid_velocity(tokens, 16, 16) if model.net.text_velocity else None
+        assert selection_scores(model.reader, x0, *model.prompt_colours(tokens), velocity).device == meta

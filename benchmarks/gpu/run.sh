@@ -7,15 +7,18 @@
 # Needs, carried with the call: .whl/ with diffusers (and importlib-metadata), fetched on a CPU
 # machine with ../shared/tools/gpu-wheels-style `pip download` (the GPU image has torch and
 # triton but not diffusers). Run from the repository root:
-#     bash benchmarks/gpu/run.sh            (OUT defaults to ./gpu-out)
+#     bash benchmarks/gpu/run.sh            (OUT defaults to ./gpu-out; STEPS="wan animatediff" runs only those;
+#                                           KERNELS_S, DEFAULT_S, WAN_S, AD_S set the time limits)
 # The JSON files are copied into benchmarks/results/ by hand, with the card's name in them.
 set -u
 REPO=$(pwd)
 OUT=${OUT:-$REPO/gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+STEPS=${STEPS:-kernels default wan animatediff}  # a rerun can name fewer
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log its output, never stop the script
   local name=$1 limit=$2; shift 2
+  [[ " $STEPS " == *" $name "* ]] || return 0
   local t0=$SECONDS
   echo "=== $name (limit ${limit}s)"
   (cd /tmp && timeout --kill-after=10 "$limit" "$@") > "/tmp/$name.log" 2>&1

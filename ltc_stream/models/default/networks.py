@@ -440,7 +440,8 @@ class Denoiser(nn.Module):
         prompt's motion has taken them by then (context frame j is Tc - j + t frames before chunk
         frame t): channels [B, C * Tc, frames, h, w], ordered like the unmoved context's."""
         b, c, tc, hh, ww = context.shape
-        lag = (tc - torch.arange(tc, dtype=velocity.dtype))[:, None] + torch.arange(frames, dtype=velocity.dtype)[None]
+        step = dict(dtype=velocity.dtype, device=velocity.device)
+        lag = (tc - torch.arange(tc, **step))[:, None] + torch.arange(frames, **step)[None]
         shift = lag[None, :, :, None] * velocity[:, None, None, :]  # [B, Tc, T, 2]
         rep = context[:, :, :, None].expand(b, c, tc, frames, hh, ww).reshape(b, c, tc * frames, hh, ww)
         moved = translate_chunk(rep, shift.reshape(b, tc * frames, 2))
