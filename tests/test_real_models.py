@@ -247,3 +247,63 @@ def test_bench_reports_every_lever_with_counted_calls(wan_folder):
     for r in report["runs"]:
         assert r["e2e_fps"] > 0 and r["frames_per_chunk"] == 12 and r["first_chunk_frames"] == 9
     assert set(report["lever_speedups"]) >= {"ltc", "tiny_decoder"}
+
+
+def test_wan_regional_compile_streams_without_recompiling(wan_folder):
+    """The bench's compile lever on Wan: the repeated blocks compiled once serve every block and
+    every cache length (the cache's reads and writes stay outside the graphs), and the frames equal
+    the eager model's. Recompiling is made an error; backend 'eager' keeps dynamo's tracing and
+    guards without inductor's code generation (which the GPU run measures)."""
+    import numpy as np
+    import torch._dynamo
+
+    eager = load_model(str(wan_folder), device="cpu", height=32, width=48, window_frames=3, decoder="vae")
+    compiled = load_model(str(wan_folder), device="cpu", height=32, width=48, window_frames=3, decoder="vae")
+    torch._dynamo.reset()
+    compiled.transformer.compile_repeated_blocks(backend="eager")
+    emb = eager.encode_prompt("a red ball moves left")
+    s1, s2 = eager.new_stream(seed=3), compiled.new_stream(seed=3)
+    chunks = compiled.steady_state_chunks() + 1  # the cache fills, then stays full
+    assert chunks == 4  # (sink 3 + window 3) / 3 frames per chunk, + 1
+    old = torch._dynamo.config.error_on_recompile
+    torch._dynamo.config.error_on_recompile = True
+    try:
+        for _ in range(chunks):
+            a = eager.generate_chunk(s1, emb, ltc=False).frames
+            b = compiled.generate_chunk(s2, emb, ltc=False).frames
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    finally:
+        torch._dynamo.config.error_on_recompile = old
+        torch._dynamo.reset()
+
+
+def test_bench_records_a_failing_lever_and_keeps_partial_results(tmp_path, monkeypatch):
+    """One configuration raising (a compiler error, out of memory) is an entry with its error; the
+    others are measured, their shares computed without it, and the JSON file is rewritten after
+    every configuration."""
+    import argparse
+
+    from ltc_stream import bench
+
+    seen_files = []
+
+    def fake_run(args, cfg):
+        seen_files.append(json.loads(out.read_text())["runs"] if out.exists() else [])
+        if cfg["lever"] == "compile":
+            raise RuntimeError("inductor failed\nlong traceback")
+        fps = {"baseline": 10.0, "ltc": 12.5, "tiny_decoder": 20.0}[cfg["lever"]]
+        return dict(cfg, e2e_fps=fps)
+
+    monkeypatch.setattr(bench, "run_config", fake_run)
+    monkeypatch.setattr(bench, "_tiny_available", lambda args: True)
+    out = tmp_path / "bench.json"
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--model", "x", "--device", "cpu", "--levers", "ltc,decoder,compile", "--json",
+                              "--output", str(out)])
+    assert bench.main(args) == 0
+    report = json.loads(out.read_text())
+    runs = {r["lever"]: r for r in report["runs"]}
+    assert runs["compile"]["error"] == "RuntimeError: inductor failed"
+    assert report["lever_speedups"] == {"ltc": 1.25, "tiny_decoder": 1.6, "best_over_baseline": 2.0}
+    assert [len(r) for r in seen_files] == [0, 1, 2, 3]  # written after each configuration
