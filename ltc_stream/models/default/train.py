@@ -119,6 +119,19 @@ def _cosine_lr(opt, step: int, total: int, base: float, warmup: int = 50):
         group["lr"] = lr
 
 
+def _scalar(t: torch.Tensor) -> float:
+    """A logged loss as a float; NaN on PyTorch's 'meta' device, where the tests run the stages to
+    check that every tensor is made on the model's device (a CPU one meeting a meta one raises)."""
+    return float("nan") if t.device.type == "meta" else t.item()
+
+
+# Devices: the data (rendered clips, caption token states) is made on the CPU and every random draw
+# comes from a CPU generator, so a seed draws the same batches on any device; the networks, the
+# latents and the token states live on the training device (`train(..., device=)`), and each draw
+# is moved there as it is used. Boolean masks that decide which rows run (`keep`) stay on the CPU:
+# indexing a device tensor with them is allowed, and testing them needs no device sync.
+
+
 # ------------------------------------------------------------------------------------------------
 def training_clips(cfg: TrainConfig):
     """The training clips' scenes and first frames, (scene, start) in order, drawn from `cfg.seed`
@@ -183,6 +196,7 @@ def palette_from_data(latents: torch.Tensor, attributes: torch.Tensor, masks: to
     latents [N, C, T, h, w], attributes [N, len(ATTRIBUTES)] (world.scene_attributes), masks [N, T, h, w]
     (object coverage) -> [colours, C]; a colour never seen as a plain background stays 0."""
     names = list(ATTRIBUTES)
+    attributes = attributes.cpu()  # which rows to pool is decided on the host
     plain = attributes[:, names.index("background")] == BACKGROUND_KINDS.index("plain")
     colour = attributes[:, names.index("background_colour")]
     free = (masks < 0.01).float()[:, None, :, 1:-1, 1:-1]  # [N, 1, T, h - 2, w - 2]
@@ -222,7 +236,7 @@ def train_attributes(model: Denoiser, tokens: torch.Tensor, labels: torch.Tensor
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        log.append(("attributes", step, loss.item()))
+        log.append(("attributes", step, _scalar(loss)))
 
 
 def fit_velocity_head(model: Denoiser, tokens: torch.Tensor, velocities: torch.Tensor, steps: int = 600,
@@ -242,7 +256,7 @@ def fit_velocity_head(model: Denoiser, tokens: torch.Tensor, velocities: torch.T
     with torch.no_grad():
         probs = model.attribute_probabilities(model.attribute_features(torch.cat([tokens, empty])))
     target = torch.cat([velocities, velocities.new_zeros(len(empty), 2)])
-    scale = float(target.abs().max().clamp_min(1e-6))  # fit in units of the fastest motion
+    scale = target.abs().max().clamp_min(1e-6)  # fit in units of the fastest motion
     head.requires_grad_(True)
     opt = torch.optim.Adam(head.parameters(), lr=1e-2)
     for step in range(steps):
@@ -253,7 +267,7 @@ def fit_velocity_head(model: Denoiser, tokens: torch.Tensor, velocities: torch.T
         opt.step()
     head.requires_grad_(False)
     with torch.no_grad():
-        return float((head(probs) - target).pow(2).mean().sqrt())
+        return _scalar((head(probs) - target).pow(2).mean().sqrt())
 
 
 def latent_mask(coverage: np.ndarray) -> np.ndarray:
@@ -307,10 +321,13 @@ def fit_autoencoder(ae: Autoencoder, frames: torch.Tensor, params, steps: int, l
     (normalised by its mean). Losses logged as `stage`; `label` names the progress bar."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    device = ae.latent_scale.device  # the frames stay on the CPU; each batch moves to the network
+    if weight is not None:
+        weight = weight.to(device)
     for step in progress(range(steps), steps, label):
         _cosine_lr(opt, step, steps, lr)
         idx = torch.randint(len(frames), (batch,), generator=gen)
-        x = to_unit(frames[idx])
+        x = to_unit(frames[idx].to(device))
         recon = ae.decoder(ae.encoder(x))
         if weight is None:
             loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
@@ -320,7 +337,7 @@ def fit_autoencoder(ae: Autoencoder, frames: torch.Tensor, params, steps: int, l
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        log.append((stage, step, loss.item()))
+        log.append((stage, step, _scalar(loss)))
 
 
 def train_autoencoder(ae: Autoencoder, data, cfg: TrainConfig, log: list) -> None:
@@ -333,7 +350,7 @@ def _encode_frames(ae: Autoencoder, frames: torch.Tensor) -> torch.Tensor:
     """Pixel clips [N, T, H, W, 3] (0-255) -> unscaled latents [N, C, T, h, w]."""
     out = []
     for i in range(0, len(frames), 32):
-        z = ae.encoder(to_unit(frames[i:i + 32].flatten(0, 1)))
+        z = ae.encoder(to_unit(frames[i:i + 32].flatten(0, 1).to(ae.latent_scale.device)))
         out.append(z.reshape(-1, frames.shape[1], *z.shape[1:]).movedim(2, 1))
     return torch.cat(out)
 
@@ -342,7 +359,7 @@ def _encode_frames(ae: Autoencoder, frames: torch.Tensor) -> torch.Tensor:
 def encode_clips(ae: Autoencoder, data) -> torch.Tensor:
     """All clips -> latents [N, C, T, h, w], and sets the autoencoder's latent scale to their std."""
     latents = _encode_frames(ae, data["frames"])
-    ae.latent_scale.fill_(float(latents.std()))
+    ae.latent_scale.copy_(latents.std())
     return latents / ae.latent_scale
 
 
@@ -368,7 +385,7 @@ def shift_contexts(clean: torch.Tensor, shifted: torch.Tensor | None, idx: torch
     version from `shifted`. No random draw when off, so runs without the option are what they were."""
     if shifted is None or share <= 0:
         return clean
-    pick = torch.rand(len(clean), generator=gen) < share
+    pick = (torch.rand(len(clean), generator=gen) < share).to(clean.device)
     return torch.where(pick.view(-1, 1, 1, 1, 1), shifted[idx], clean)
 
 
@@ -391,8 +408,8 @@ def augment_context(context: torch.Tensor, gen: torch.Generator, drop_rate: floa
     for some samples (the first chunk of a stream has none). Returns (context or None, keep mask)."""
     b = context.shape[0]
     level = torch.rand(b, generator=gen) * 0.15
-    noise = torch.randn(context.shape, generator=gen)
-    level = level.view(b, 1, 1, 1, 1)
+    noise = torch.randn(context.shape, generator=gen).to(context.device)
+    level = level.view(b, 1, 1, 1, 1).to(context.device)
     noisy = (1 - level) * context + level * noise
     keep = torch.rand(b, generator=gen) >= drop_rate
     return noisy, keep
@@ -441,16 +458,16 @@ def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainCo
         # layout and colours, gets its share of training
         logit_normal = torch.sigmoid(torch.randn(cfg.teacher_batch, generator=gen))
         uniform = torch.rand(cfg.teacher_batch, generator=gen)
-        sigma = torch.where(torch.rand(cfg.teacher_batch, generator=gen) < 0.5, logit_normal, uniform)
-        noise = torch.randn(x0.shape, generator=gen)
+        sigma = torch.where(torch.rand(cfg.teacher_batch, generator=gen) < 0.5, logit_normal, uniform).to(x0.device)
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
         s = sigma.view(-1, 1, 1, 1, 1)
         x = (1 - s) * x0 + s * noise
         text = tokens[idx]
-        drop = torch.rand(len(idx), generator=gen) < cfg.text_dropout
+        drop = (torch.rand(len(idx), generator=gen) < cfg.text_dropout).to(text.device)
         text = torch.where(drop.view(-1, 1, 1), torch.zeros_like(text), text)  # the empty prompt
         cross_keep = None
         if cfg.cross_attn_drop:
-            cross_keep = torch.rand(len(idx), generator=gen) >= cfg.cross_attn_drop
+            cross_keep = (torch.rand(len(idx), generator=gen) >= cfg.cross_attn_drop).to(x0.device)
         v = denoiser_velocity(model, x, sigma, text, context, keep, cross_keep)
         loss = flow_loss(v, noise - x0, sigma, masks[idx] if masks is not None else None, cfg)
         opt.zero_grad(set_to_none=True)
@@ -458,7 +475,7 @@ def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainCo
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         _ema_update(ema, model, 0.0 if step < 100 else 0.995)
-        log.append(("teacher", step, loss.item()))
+        log.append(("teacher", step, _scalar(loss)))
     return ema
 
 
@@ -476,6 +493,7 @@ def teacher_trajectories(teacher: Denoiser, latents, tokens, net: NetConfig, cfg
     answer to a drifted context too."""
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     sig = student_sigmas(cfg.student_steps)
+    device = latents.device
     records = []
     n_batches = max(1, cfg.distil_trajectories // cfg.distil_batch)
     for _ in progress(range(n_batches), n_batches, "teacher trajectories"):
@@ -483,10 +501,10 @@ def teacher_trajectories(teacher: Denoiser, latents, tokens, net: NetConfig, cfg
         context, x0 = split_clip(latents[idx], net)
         context = shift_contexts(context, shifted, idx, cfg.context_shift, gen)
         context, keep = augment_context(context, gen, cfg.context_drop)
-        x = torch.randn(x0.shape, generator=gen)
+        x = torch.randn(x0.shape, generator=gen).to(device)
         states = [x]
         for i in range(cfg.student_steps):
-            fine = torch.linspace(float(sig[i]), float(sig[i + 1]), cfg.distil_substeps + 1)
+            fine = torch.linspace(float(sig[i]), float(sig[i + 1]), cfg.distil_substeps + 1).to(device)
             for j in range(cfg.distil_substeps):
                 sigma = fine[j].expand(len(x))
                 v = denoiser_velocity(teacher, x, sigma, tokens[idx], context, keep)
@@ -508,7 +526,8 @@ def student_rollout(student: Denoiser, noise: torch.Tensor, i: torch.Tensor, sig
     for j in range(int(i.max())):
         rows = i > j  # only the rows that still have steps to go
         ctx = None if context is None else context[rows]
-        v = denoiser_velocity(student, x[rows], sig[j].expand(int(rows.sum())), tokens[rows], ctx, keep[rows])
+        v = denoiser_velocity(student, x[rows], sig[j].expand(int(rows.sum())).to(x.device), tokens[rows], ctx,
+                              keep[rows])
         x[rows] = x[rows] + (sig[j + 1] - sig[j]) * v
     return x
 
@@ -545,6 +564,7 @@ def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: lis
     of x_i (`student_rollout`), the target still the chord to the teacher's x_{i+1}."""
     gen = torch.Generator().manual_seed(cfg.seed + 4)
     sig = student_sigmas(cfg.student_steps)
+    device = tokens.device
     ema = copy.deepcopy(student).requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr * 0.25, weight_decay=0.0)
     for step in progress(range(cfg.distil_steps), cfg.distil_steps, f"distil to {cfg.student_steps} steps"):
@@ -557,8 +577,8 @@ def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: lis
             own = (torch.rand(len(idx), generator=gen) < cfg.distil_rollout) & (i > 0)
             if own.any():
                 rolled = student_rollout(student, states[:, 0], torch.where(own, i, 0), sig, tokens[idx], context, keep)
-                x_i = torch.where(own.view(-1, 1, 1, 1, 1), rolled, x_i)
-        s_i, s_next = sig[i], sig[i + 1]
+                x_i = torch.where(own.view(-1, 1, 1, 1, 1).to(device), rolled, x_i)
+        s_i, s_next = sig[i].to(device), sig[i + 1].to(device)
         target = (x_i - x_next) / (s_i - s_next).view(-1, 1, 1, 1, 1)
         v = denoiser_velocity(student, x_i, s_i, tokens[idx], context, keep)
         loss = flow_loss(v, target, s_i, masks[idx] if masks is not None else None, cfg)
@@ -567,7 +587,7 @@ def train_student(student: Denoiser, records, tokens, cfg: TrainConfig, log: lis
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
         _ema_update(ema, student, 0.0 if step < 50 else 0.99)
-        log.append(("distil", step, loss.item()))
+        log.append(("distil", step, _scalar(loss)))
     return ema
 
 
@@ -613,11 +633,14 @@ def save_folder(out: Path, net: NetConfig, ae: Autoencoder, teacher: Denoiser | 
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(out / "autoencoder.safetensors"))
+    def tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+    save_file(tensors(ae), str(out / "autoencoder.safetensors"))
     if teacher is not None:
-        save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(out / "teacher.safetensors"))
+        save_file(tensors(teacher), str(out / "teacher.safetensors"))
     if student is not None:
-        save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(out / "student.safetensors"))
+        save_file(tensors(student), str(out / "student.safetensors"))
     meta = {
         "format": "ltc-stream-default/1",
         "stage": stage,
@@ -699,7 +722,11 @@ def _init_teacher_from(teacher: Denoiser, folder: Path) -> tuple[int, list[str]]
     return len(copied), [k for k in own if k not in copied]
 
 
-def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, init_from: Path | None = None) -> dict:
+def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, init_from: Path | None = None,
+          device: str | torch.device = "cpu") -> dict:
+    from ...device import resolve_device
+
+    dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
@@ -713,7 +740,7 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
         if not _same_autoencoder(meta, cfg, net) or meta.get("stage") not in _STAGES:
             raise ConfigError(f"--init-from {init_from}: its autoencoder was trained with other data or settings")
         done, ae_folder = "ae", init_from
-    print(f"[train-default] output {out}; seed {cfg.seed}; {cfg.clips} clips of {net.height}x{net.width}"
+    print(f"[train-default] output {out}; seed {cfg.seed}; {cfg.clips} clips of {net.height}x{net.width}; on {dev}"
           + (f"; reusing the autoencoder of {init_from}" if ae_folder != out
              else f"; resuming after stage '{done}'" if done else ""))
     if resume and done is None:
@@ -726,7 +753,9 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
         if not log and (out / "loss_curves.png").is_file():  # folder from before the log was saved
             (out / "loss_curves.png").replace(out / "loss_curves_ae_teacher.png")
     data = make_dataset(cfg, net)
-    ae = Autoencoder(net)
+    for key in ("tokens", "attributes", "velocities", "masks"):  # the rendered frames stay on the CPU
+        data[key] = data[key].to(dev)
+    ae = Autoencoder(net).to(dev)
     if done is None:
         train_autoencoder(ae, data, cfg, log)
         latents = encode_clips(ae.eval(), data)
@@ -740,7 +769,7 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
 
     shifted = shifted_context_latents(ae.eval(), data, net, cfg) if cfg.context_shift else None
     chunk_masks = data["masks"][:, net.context_frames:]  # the chunk frames' object masks [N, T, h, w], indexed like latents
-    teacher = Denoiser(net)
+    teacher = Denoiser(net).to(dev)
     if done in ("teacher", "distilled"):
         _load_into(teacher, out / "teacher.safetensors")
         teacher.eval()
@@ -789,7 +818,8 @@ def train(cfg: TrainConfig, net: NetConfig, out: Path, resume: bool = False, ini
     if counts is not None:
         summary["distil_filter"] = counts
     if net.attribute_classes:
-        summary["attribute_accuracy_held_out"] = attribute_accuracy(student, *held_out_attributes(500, net))
+        summary["attribute_accuracy_held_out"] = attribute_accuracy(
+            student, *(t.to(dev) for t in held_out_attributes(500, net)))
         print(f"[train-default] text adapter on 500 held-out captions: {summary['attribute_accuracy_held_out']}")
     save_folder(out, net, ae, teacher, student, cfg, "distilled", {"training": summary})
     save_loss_curves(log, out / "loss_curves.png")
@@ -1005,6 +1035,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny run for tests (seconds)")
     parser.add_argument("--size", type=int, default=128, help="frame height and width in pixels (multiple of 8)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch")
+    parser.add_argument("--device", default="auto",
+                        help="where the networks train: auto (a CUDA GPU if there is one), cpu, cuda, cuda:N. The data "
+                             "and every random draw are made on the CPU, so a seed draws the same batches anywhere "
+                             "(--finetune-decoder and --train-reader run on the CPU)")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the autoencoder and teacher already in --output when they were trained with the same settings; "
                              "a teacher trained for fewer --teacher-steps is trained on from where it stopped")
@@ -1125,5 +1159,5 @@ def main(args: argparse.Namespace) -> int:
                         **options)
     if args.init_from is not None and not (args.init_from / "ltc_model.json").is_file():
         raise ConfigError(f"--init-from {args.init_from}: not a default-model folder (no ltc_model.json)")
-    train(cfg, net, args.output, resume=args.resume, init_from=args.init_from)
+    train(cfg, net, args.output, resume=args.resume, init_from=args.init_from, device=args.device)
     return 0
