@@ -22,6 +22,7 @@ import torch
 
 from .errors import ConfigError
 from .ltc import LTCConfig
+from .models.speed import compile_network, steady_state_chunks
 
 RANDOM_NAMES = ("wan-causal-1.3b", "animatediff-lightning")
 
@@ -57,14 +58,6 @@ def _configs(levers: set[str], cuda: bool, tiny_available: bool) -> list[dict[st
     if "cudagraphs" in levers and cuda:
         configs.append(dict(base, lever="cudagraphs", compile="cudagraphs"))
     return configs
-
-
-def _network(model) -> torch.nn.Module | None:
-    for attr in ("transformer", "unet", "denoiser"):
-        net = getattr(model, attr, None)
-        if isinstance(net, torch.nn.Module):
-            return net
-    return None
 
 
 def _load(args, decoder: str):
@@ -108,25 +101,6 @@ def _ensure_ltc(model, args) -> str:
     return "calibrated now (no ltc_weights.json in the folder)"
 
 
-def _compile(model, mode: str) -> str | None:
-    """Compile the model's network; returns what was compiled. Networks that name their repeated
-    blocks (diffusers' `_repeated_blocks`, e.g. Wan's 30 transformer blocks) get regional
-    compilation: one compiled block serves them all, so compiling takes seconds, not minutes."""
-    net = _network(model)
-    if net is None or mode == "none":
-        return None
-    torch._dynamo.reset()  # the configurations before compiled the same code with other settings
-    kwargs = {"mode": "reduce-overhead"} if mode == "cudagraphs" else {}
-    if getattr(net, "_repeated_blocks", None) and hasattr(net, "compile_repeated_blocks"):
-        net.compile_repeated_blocks(**kwargs)
-        return "repeated blocks (" + ", ".join(net._repeated_blocks) + ")"
-    compiled = torch.compile(net, dynamic=False, **kwargs)
-    for attr in ("transformer", "unet", "denoiser"):
-        if getattr(model, attr, None) is net:
-            setattr(model, attr, compiled)
-    return "whole network"
-
-
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -135,11 +109,9 @@ def _sync(device) -> None:
 def run_config(args, cfg: dict[str, Any]) -> dict[str, Any]:
     model = _load(args, cfg["decoder"])
     ltc_source = _ensure_ltc(model, args) if cfg["ltc"] else None
-    compiled = _compile(model, cfg["compile"])
-    step = torch.compiler.cudagraph_mark_step_begin if cfg["compile"] == "cudagraphs" else (lambda: None)
+    compiled = compile_network(model, cfg["compile"])
 
     def chunk(state, emb):
-        step()  # under CUDA graphs: a new generation (the graphs' earlier outputs may be reused)
         return model.generate_chunk(state, emb, ltc=cfg["ltc"])
 
     device = model.device
@@ -152,7 +124,7 @@ def run_config(args, cfg: dict[str, Any]) -> dict[str, Any]:
     _sync(device)
     ttff_cold = time.perf_counter() - t0
     # warm up past the model's steady state (a causal model's KV cache fills over its first chunks)
-    warmup = max(args.warmup, getattr(model, "steady_state_chunks", lambda: 1)())
+    warmup = max(args.warmup, steady_state_chunks(model))
     for _ in range(warmup - 1):
         chunk(state, emb)
     frames = calls = 0

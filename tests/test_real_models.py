@@ -307,3 +307,37 @@ def test_bench_records_a_failing_lever_and_keeps_partial_results(tmp_path, monke
     assert runs["compile"]["error"] == "RuntimeError: inductor failed"
     assert report["lever_speedups"] == {"ltc": 1.25, "tiny_decoder": 1.6, "best_over_baseline": 2.0}
     assert [len(r) for r in seen_files] == [0, 1, 2, 3]  # written after each configuration
+
+
+def test_serve_compile_compiles_regionally_and_warms_up_before_serving(wan_folder, monkeypatch, capsys):
+    """`serve --compile`: the network's repeated blocks are compiled, and the model streams through
+    its KV cache's fill on a throwaway stream before the server starts (viewers then get the warm
+    model). Traced with dynamo's 'eager' backend here (the GPU run measures inductor's code)."""
+    import argparse
+
+    import torch._dynamo
+
+    from ltc_stream.models import speed
+    from ltc_stream.server import app
+
+    model = load_model(str(wan_folder), device="cpu", height=32, width=48, decoder="vae")
+    calls = _count_calls(model.transformer)
+    served = {}
+
+    async def fake_serve(m, cfg):
+        served["model"], served["calls"] = m, calls["n"]
+
+    monkeypatch.setattr(speed, "BACKEND", "eager")
+    monkeypatch.setattr("ltc_stream.models.load_model", lambda *a, **k: model)
+    monkeypatch.setattr(app, "_serve", fake_serve)
+    parser = argparse.ArgumentParser()
+    app.add_arguments(parser)
+    try:
+        assert app.main(parser.parse_args(["--model", str(wan_folder), "--device", "cpu", "--compile"])) == 0
+    finally:
+        torch._dynamo.reset()
+    assert served["model"] is model
+    assert all(block._compiled_call_impl is not None for block in model.transformer.blocks)
+    # (sink 3 + window 9) / 3 frames per chunk + 1 = 5 chunks, each 4 steps + the cache write
+    assert served["calls"] == model.steady_state_chunks() * 5 == 25
+    assert "warm in" in capsys.readouterr().out
