@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     parser.add_argument("--chunks", type=int, default=6, help="measured chunks per configuration")
-    parser.add_argument("--warmup", type=int, default=2, help="unmeasured chunks before measuring")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="unmeasured chunks before measuring; at least the model's steady state (Wan: until its "
+                             "KV cache is full, 5 chunks)")
     parser.add_argument("--levers", default="ltc,decoder,compile",
                         help="comma list of levers to sweep: ltc, decoder (tiny), compile, cudagraphs")
     parser.add_argument("--tau", type=float, default=None, help="LTC tau for calibration when the model has no weights")
