@@ -50,7 +50,8 @@ class TextEncoder:
         path = _model_dir()
         self.max_tokens = max_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        # float32 whatever the weights are stored in (a float16 copy computes in float32 too)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).float().eval()
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()  # the server encodes from several threads
