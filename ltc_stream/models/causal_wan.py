@@ -154,7 +154,6 @@ class CausalWanAttnProcessor:
         self.ctx, self.layer = ctx, layer
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
         from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
@@ -164,18 +163,19 @@ class CausalWanAttnProcessor:
         value = value.unflatten(2, (attn.heads, -1))
         cos, sin = rotary_emb
         query_r, key_r = _rotate(query, cos, sin), _rotate(key, cos, sin)
-        out = self._attend(query_r, key, key_r, value, dispatch_attention_fn)
+        out = self._attend(query_r, key, key_r, value)
         out = out.flatten(2, 3).type_as(query)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
-
 
     # The cache's reads and writes stay out of torch.compile's graphs: the cached length grows
     # chunk by chunk and each block reads its own layer, which would recompile the (shared)
     # compiled block for every length and every layer; under CUDA graphs the stored keys must
     # also live outside the graphs' memory pool. Projections, norms and the FFN stay compiled.
     @torch.compiler.disable
-    def _attend(self, query_r, key, key_r, value, attention_fn):
+    def _attend(self, query_r, key, key_r, value):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
         ctx = self.ctx
         cache = ctx.cache
         if cache is not None and cache.k[self.layer] is not None and ctx.cache_rope is not None:
@@ -186,7 +186,7 @@ class CausalWanAttnProcessor:
             keys, values = key_r, value
         if cache is not None and ctx.write:
             cache.append(self.layer, key, value)
-        return attention_fn(query_r, keys, values, attn_mask=None, dropout_p=0.0, is_causal=False)
+        return dispatch_attention_fn(query_r, keys, values, attn_mask=None, dropout_p=0.0, is_causal=False)
 
 
 def make_causal(transformer) -> CausalContext:

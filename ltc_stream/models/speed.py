@@ -14,11 +14,12 @@ import torch
 
 COMPILE_MODES = ("none", "compile", "cudagraphs")
 BACKEND = "inductor"  # the tests trace with "eager" (dynamo's guards and graphs without code generation)
+NETWORK_ATTRS = ("transformer", "unet", "denoiser")  # where each model keeps its denoising network
 
 
 def network(model) -> torch.nn.Module | None:
     """The model's denoising network (Wan's transformer, AnimateDiff's UNet, the default denoiser)."""
-    for attr in ("transformer", "unet", "denoiser"):
+    for attr in NETWORK_ATTRS:
         net = getattr(model, attr, None)
         if isinstance(net, torch.nn.Module):
             return net
@@ -45,7 +46,7 @@ def compile_network(model, mode: str = "compile") -> str | None:
         what = "repeated blocks (" + ", ".join(net._repeated_blocks) + ")"
     else:
         compiled = torch.compile(net, dynamic=False, **kwargs)
-        for attr in ("transformer", "unet", "denoiser"):
+        for attr in NETWORK_ATTRS:
             if getattr(model, attr, None) is net:
                 setattr(model, attr, compiled)
         what = "whole network"
