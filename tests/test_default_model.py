@@ -1305,3 +1305,16 @@ def test_text_encoder_folder_can_be_named_by_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(ENCODER_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(ModelNotFoundError, match=ENCODER_ENV):
         TextEncoder()
+
+
+def test_noise_flow_is_a_clear_error_out_of_range_or_without_a_velocity(quick_folder, capsys):
+    folder, _ = quick_folder
+    with pytest.raises(ConfigError, match="noise_flow must be between 0 and 1"):
+        load_model("default", device="cpu", noise_flow=1.5)
+    with pytest.raises(ConfigError, match="without --text-velocity"):
+        load_model(str(folder), device="cpu", noise_flow=0.5)
+    from ltc_stream.cli import main
+
+    assert main(["train-default", "--quick", "--noise-flow", "0.5", "--output", str(folder.parent / "nf")]) == 2
+    assert "--noise-flow" in capsys.readouterr().err
+    assert not (folder.parent / "nf").exists()

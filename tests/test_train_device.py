@@ -70,3 +70,22 @@ def test_every_training_stage_keeps_its_tensors_on_the_training_device():
                             masks=chunk_masks)
     assert next(student.parameters()).device == META
     assert {r[0] for r in log} == {"ae", "attributes", "teacher", "distil"}
+
+
+def test_flowing_noise_reaches_the_training_device(monkeypatch):
+    """With --noise-flow, teacher samples and distillation trajectories mix in noise moved on the
+    host (its rolls are whole pixels chosen there) and brought to the device. The velocity is read
+    on the host here (a meta tensor has no values to copy); the rest runs on meta."""
+    net, cfg = _net(), _cfg()
+    cfg.noise_flow = 1.0
+    n = cfg.clips
+    tokens = torch.zeros(n, net.max_tokens, 384, device=META)
+    latents = torch.zeros(n, net.latent_channels, net.context_frames + net.frames_per_chunk, net.height // 8,
+                          net.width // 8, device=META)
+    monkeypatch.setattr(Denoiser, "grid_velocity", lambda self, tok, h, w, features=None: torch.full((len(tok), 2), 0.1))
+    log: list = []
+    teacher = freeze_attributes(Denoiser(net).to(META))
+    teacher = train_teacher(teacher, latents, tokens, net, cfg, log)
+    records = teacher_trajectories(teacher, latents, tokens, net, cfg)
+    assert records and all(states.device == META for *_, states in records)
+    assert {r[0] for r in log} == {"teacher"}

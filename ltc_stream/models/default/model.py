@@ -19,6 +19,8 @@ from ...errors import ConfigError, ModelNotFoundError
 from ...ltc import LTCConfig, LTCWeights, OnlineLTC, calibrate, make_key, sample
 from ..base import ChunkResult, VideoModel
 from .networks import Autoencoder, Denoiser, NetConfig, context_baseline, from_unit
+from .noise import advance, field_frames, noise_field
+from .noise import mix as noise_mix
 from .reader import MAX_GUIDANCE, READER_MIN_SIGMA, ColourReader, guide_x0, selection_scores
 from .text import shared_text_encoder
 from .world import ATTRIBUTES
@@ -55,7 +57,7 @@ MAX_NOISE_CANDIDATES = 16
 MAX_MOTION_GUIDANCE = 8.0
 MOTION_MIN_SIGMA = 1.0
 # the sampling settings a folder's `sampling` names and `load_default` / the commands take
-SAMPLING_OPTIONS = ("seam_anchor", "reader_guidance", "noise_candidates", "motion_guidance")
+SAMPLING_OPTIONS = ("seam_anchor", "reader_guidance", "noise_candidates", "motion_guidance", "noise_flow")
 
 
 @dataclass
@@ -63,6 +65,9 @@ class StreamState:
     generator: torch.Generator
     context: torch.Tensor | None = None  # last latent frames of the previous chunk [1, C, Tc, h, w]
     chunk_index: int = 0
+    # flowing noise (`noise_flow` > 0): the stream's moving field and how far it has moved [1, 2]
+    noise_field: torch.Tensor | None = None
+    noise_offset: torch.Tensor | None = None
 
 
 def _load_safetensors(module: torch.nn.Module, path: Path) -> None:
@@ -104,7 +109,7 @@ class DefaultModel(VideoModel):
     def __init__(self, folder: Path, device: str | torch.device = "auto", steps: int | None = None,
                  use_teacher: bool = False, online_refresh: int = 0, seam_anchor: float | None = None,
                  reader_guidance: float | None = None, noise_candidates: int | None = None,
-                 motion_guidance: float | None = None):
+                 motion_guidance: float | None = None, noise_flow: float | None = None):
         folder = Path(folder)
         meta_path = folder / "ltc_model.json"
         if not meta_path.is_file():
@@ -147,6 +152,10 @@ class DefaultModel(VideoModel):
         if self.motion_guidance > 0 and not self.net.text_velocity:
             raise ConfigError(f"motion guidance {self.motion_guidance:g} contrasts the network's velocity paths; {folder} "
                               "was trained without --text-velocity (use --motion-guidance 0)")
+        self.noise_flow = _sampling_setting(meta, meta_path, "noise_flow", noise_flow, 1.0)
+        if self.noise_flow > 0 and not self.net.text_velocity:
+            raise ConfigError(f"flowing noise {self.noise_flow:g} moves along the velocity the network reads from the prompt; "
+                              f"{folder} was trained without --text-velocity (use --noise-flow 0)")
         self.reader: ColourReader | None = None
         if self.reader_guidance > 0 or self.noise_candidates > 1:
             what = (f"reader guidance {self.reader_guidance:g}" if self.reader_guidance > 0
@@ -242,13 +251,17 @@ class DefaultModel(VideoModel):
         names = list(ATTRIBUTES)
         return logits[names.index("colour")].softmax(-1), logits[names.index("background_colour")].softmax(-1)
 
-    def select_noise(self, generator: torch.Generator, tokens: torch.Tensor, den) -> tuple[torch.Tensor, torch.Tensor]:
+    def select_noise(self, generator: torch.Generator, tokens: torch.Tensor, den,
+                     shared: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`noise_candidates` draws of a chunk's noise [N, C, T, h, w] taken through the first step
         together (`den`: this chunk's `denoiser_fn`, which takes any batch), each first x0 estimate scored by the reader
         (`reader.selection_scores`: the prompt's colours, and motion along its velocity where the
-        network reads one). Returns the best draw [1, ...] and its x0 estimate, which the sampler reuses."""
+        network reads one). `shared`: the flowing part of the noise (`flowing_part`), the same for
+        every draw. Returns the best draw [1, ...] and its x0 estimate, which the sampler reuses."""
         n = self.noise_candidates
         draws = torch.randn(self.latent_shape(n), generator=generator, device=self.device)
+        if shared is not None:  # flowing noise: the draws differ in their fresh part only
+            draws = noise_mix(draws, shared.expand_as(draws), self.noise_flow)
         x0 = den(draws, float(self.sigmas[0]))
         velocity = None
         if self.net.text_velocity:
@@ -256,6 +269,19 @@ class DefaultModel(VideoModel):
         scores = selection_scores(self.reader, x0, *self.prompt_colours(tokens), velocity)
         best = int(scores.argmax())
         return draws[best:best + 1], x0[best:best + 1]
+
+    def flowing_part(self, state: StreamState, tokens: torch.Tensor) -> torch.Tensor:
+        """The travelling part of this chunk's noise [1, C, T, h, w] (`noise.py`): the stream's field
+        (drawn at its first chunk) moved on, frame by frame, along the velocity the prompt names;
+        the stream remembers how far, so the noise flows on across chunks and prompt changes."""
+        _, c, t, hh, ww = self.latent_shape()
+        if state.noise_field is None:
+            state.noise_field = noise_field(1, c, hh, ww, state.generator, self.device)
+            state.noise_offset = torch.zeros(1, 2, dtype=torch.float64)
+        velocity = self.denoiser.grid_velocity(tokens[:1], hh, ww)
+        shared = field_frames(state.noise_field, state.noise_offset, velocity, t)
+        state.noise_offset = advance(state.noise_offset, velocity, state.noise_field, t)
+        return shared
 
     def seam_target(self, tokens: torch.Tensor, context: torch.Tensor, frames: int) -> torch.Tensor:
         """Where the previous chunk's last latent frame would be at each of the next chunk's `frames`:
@@ -276,11 +302,14 @@ class DefaultModel(VideoModel):
         tokens = embedding.to(self.device)
         tokens = tokens[None] if tokens.ndim == 2 else tokens
         den = self.denoiser_fn(tokens, state.context)
+        shared = self.flowing_part(state, tokens) if self.noise_flow > 0 else None
         if self.noise_candidates > 1:
-            x_T, first_x0 = self.select_noise(state.generator, tokens, den)
+            x_T, first_x0 = self.select_noise(state.generator, tokens, den, shared)
             den = _first_call_from(den, x_T, float(self.sigmas[0]), first_x0)
         else:
             x_T = torch.randn(self.latent_shape(), generator=state.generator, device=self.device)
+            if shared is not None:
+                x_T = noise_mix(x_T, shared, self.noise_flow)
         weights = self.ltc_weights if ltc else None
         refresh = ltc and self.online is not None and self.online.should_run_full(state.chunk_index)
         if refresh:
@@ -308,6 +337,7 @@ class DefaultModel(VideoModel):
         info = super().describe()
         info.update(stage=self.stage, seam_anchor=self.seam_anchor, reader_guidance=self.reader_guidance,
                     noise_candidates=self.noise_candidates, motion_guidance=self.motion_guidance,
+                    noise_flow=self.noise_flow,
                     ltc_calibrated=self.ltc_weights is not None,
                     ltc_model_calls=self.ltc_weights.model_calls if self.ltc_weights else self.steps)
         return info
@@ -325,6 +355,8 @@ class DefaultModel(VideoModel):
             anchor.update(reader_guidance=self.reader_guidance, reader=self.reader_digest[:16])
         if self.motion_guidance > 0:  # and motion guidance (its first step is another denoiser)
             anchor.update(motion_guidance=self.motion_guidance)
+        if self.noise_flow > 0:  # and flowing noise (another noise than the plain draws LTC was fitted on)
+            anchor.update(noise_flow=self.noise_flow)
         return make_key(model=f"ltc-stream-default:{self.weights_digest}", sampler="euler", steps=self.steps,
                         latent_shape=list(self.latent_shape()), guidance_scale=1.0, **anchor)
 
@@ -334,14 +366,20 @@ class DefaultModel(VideoModel):
         the weights. The key is that of a single-stream chunk (batch 1) since that is what runs."""
         gen = torch.Generator(device=self.device).manual_seed(seed)
         tokens = torch.stack([self.encode_prompt(p) for p in prompts])
-        if self.noise_candidates > 1:  # calibrated on the noise that runs: each prompt's selected draw
+        # calibrated on the noise that runs: flowing where it flows (each prompt a stream's first chunk),
+        # each prompt's selected draw under noise selection
+        shared = [self.flowing_part(StreamState(generator=gen), tokens[i:i + 1]) if self.noise_flow > 0 else None
+                  for i in range(len(prompts))]
+        if self.noise_candidates > 1:
             picks = []
             for i in range(len(prompts)):
                 ctx = None if contexts is None else contexts[i:i + 1]
-                picks.append(self.select_noise(gen, tokens[i:i + 1], self.denoiser_fn(tokens[i:i + 1], ctx))[0])
+                picks.append(self.select_noise(gen, tokens[i:i + 1], self.denoiser_fn(tokens[i:i + 1], ctx), shared[i])[0])
             x_T = torch.cat(picks)
         else:
             x_T = torch.randn(self.latent_shape(len(prompts)), generator=gen, device=self.device)
+            if self.noise_flow > 0:
+                x_T = noise_mix(x_T, torch.cat(shared), self.noise_flow)
         weights = calibrate(self.denoiser_fn(tokens, contexts), x_T, self.sigmas, cfg)
         weights.key = self.ltc_key()
         return weights
@@ -373,7 +411,7 @@ def _sampling_setting(meta: dict, meta_path: Path, name: str, given: float | Non
 
 
 def add_sampling_arguments(parser) -> None:
-    """`--seam-anchor W`, `--reader-guidance G`, `--noise-candidates N` and `--motion-guidance G` for the
+    """`--seam-anchor W`, `--reader-guidance G`, `--noise-candidates N`, `--motion-guidance G` and `--noise-flow A` for the
     commands that sample the default model (serve, render, eval-default)."""
     parser.add_argument("--seam-anchor", type=float, default=None, metavar="W",
                         help="default-format models: pull each chunk's first frames towards the previous chunk's "
@@ -395,11 +433,15 @@ def add_sampling_arguments(parser) -> None:
                              "(0-8) further along the difference, as classifier-free guidance does for a prompt; "
                              "on the packaged model it did not help (model card) "
                              "(default: the model folder's sampling.motion_guidance; 0 where it names none)")
+    parser.add_argument("--noise-flow", type=float, default=None, metavar="A",
+                        help="default-format models trained with --noise-flow: a share A (0-1) of each chunk's noise is one "
+                             "field moving along the motion the prompt names, flowing on from chunk to chunk "
+                             "(default: the model folder's sampling.noise_flow; 0 where it names none)")
 
 
 def sampling_options(args) -> dict[str, float]:
-    """The load_model options for `--seam-anchor`, `--reader-guidance`, `--noise-candidates` and
-    `--motion-guidance`, where given."""
+    """The load_model options for `--seam-anchor`, `--reader-guidance`, `--noise-candidates`,
+    `--motion-guidance` and `--noise-flow`, where given."""
     return {name: getattr(args, name) for name in SAMPLING_OPTIONS if getattr(args, name, None) is not None}
 
 

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from ...errors import ConfigError
 from .model import READER_FILE, SEAM_ANCHOR
 from .networks import Autoencoder, Denoiser, NetConfig, context_baseline, from_unit
+from .noise import field_frames, mix, noise_field
 from .text import shared_text_encoder
 from .world import ATTRIBUTES, BACKGROUND_KINDS, caption, linear_velocity, object_coverage, render, sample_scene, scene_attributes
 
@@ -88,6 +89,11 @@ class TrainConfig:
     # four chunks, model card): the model should take the colours from the prompt, not copy the drift.
     # 0 (off) until a run shows it helps
     context_shift: float = 0.0
+    # flowing noise (`noise.py`): the largest share `a` of a sample's noise that is one field moving
+    # along the velocity its prompt names (each teacher sample and distillation trajectory draws its
+    # own a, uniform in [0, noise_flow], so sampling can choose one); the noise then moves the way the
+    # picture should. Needs NetConfig.text_velocity. 0 (off) until a run shows it helps
+    noise_flow: float = 0.0
     guidance: float = 5.0  # distillation targets follow the teacher's classifier-free-guided ODE
     lr: float = 2e-3
     threads: int = 2
@@ -468,6 +474,9 @@ def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainCo
         cross_keep = None
         if cfg.cross_attn_drop:
             cross_keep = (torch.rand(len(idx), generator=gen) >= cfg.cross_attn_drop).to(x0.device)
+        if cfg.noise_flow:  # drawn after everything above, so runs without it draw exactly as before
+            noise = flowing_training_noise(model, noise, text, cfg.noise_flow, gen)
+            x = (1 - s) * x0 + s * noise
         v = denoiser_velocity(model, x, sigma, text, context, keep, cross_keep)
         loss = flow_loss(v, noise - x0, sigma, masks[idx] if masks is not None else None, cfg)
         opt.zero_grad(set_to_none=True)
@@ -483,6 +492,20 @@ def train_teacher(model: Denoiser, latents, tokens, net: NetConfig, cfg: TrainCo
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p, 1 - decay)
+
+
+@torch.no_grad()
+def flowing_training_noise(model: Denoiser, fresh: torch.Tensor, tokens: torch.Tensor, top: float,
+                           gen: torch.Generator) -> torch.Tensor:
+    """`fresh` noise [B, C, T, h, w] mixed with flowing noise (`noise.py`): a field moving along the
+    velocity the network reads from each sample's prompt (what sampling will move it by), from a
+    random starting position, with a share a drawn uniformly in [0, top] per sample."""
+    b, c, t, h, w = fresh.shape
+    velocity = model.grid_velocity(tokens, h, w).float().cpu()
+    field = noise_field(b, c, h, w, gen)
+    offset = torch.rand(b, 2, generator=gen) * torch.tensor([field.shape[-1], field.shape[-2]], dtype=torch.float32)
+    weight = torch.rand(b, generator=gen) * top
+    return mix(fresh, field_frames(field, offset, velocity, t), weight)
 
 
 @torch.no_grad()
@@ -502,6 +525,8 @@ def teacher_trajectories(teacher: Denoiser, latents, tokens, net: NetConfig, cfg
         context = shift_contexts(context, shifted, idx, cfg.context_shift, gen)
         context, keep = augment_context(context, gen, cfg.context_drop)
         x = torch.randn(x0.shape, generator=gen).to(device)
+        if cfg.noise_flow:
+            x = flowing_training_noise(teacher, x, tokens[idx], cfg.noise_flow, gen)
         states = [x]
         for i in range(cfg.student_steps):
             fine = torch.linspace(float(sig[i]), float(sig[i + 1]), cfg.distil_substeps + 1).to(device)
@@ -649,7 +674,8 @@ def save_folder(out: Path, net: NetConfig, ae: Autoencoder, teacher: Denoiser | 
         "student_steps": cfg.student_steps,
         "student_sigmas": student_sigmas(cfg.student_steps).tolist(),
         "train": cfg.__dict__,
-        "sampling": {"seam_anchor": SEAM_ANCHOR},
+        # a folder trained with flowing noise samples with the most of it that it was trained for
+        "sampling": {"seam_anchor": SEAM_ANCHOR, **({"noise_flow": cfg.noise_flow} if cfg.noise_flow else {})},
         **(extra or {}),
     }
     (out / "ltc_model.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -663,9 +689,10 @@ _STAGES = ("ae", "teacher", "distilled")
 
 _AE_NET_KEYS = ("height", "width", "latent_channels", "ae_widths")
 _TEACHER_LOSS_KEYS = ("text_dropout", "context_drop", "object_weight", "object_weight_sigma", "motion_weight",
-                      "cross_attn_drop", "context_shift")
+                      "cross_attn_drop", "context_shift", "noise_flow")
 # folders written before a key existed were trained with this value
-_LOSS_KEYS_ADDED = {"motion_weight": 0.0, "cross_attn_drop": 0.0, "context_shift": 0.0, "object_weight_sigma": 1.0}
+_LOSS_KEYS_ADDED = {"motion_weight": 0.0, "cross_attn_drop": 0.0, "context_shift": 0.0, "object_weight_sigma": 1.0,
+                    "noise_flow": 0.0}
 
 
 def _same_autoencoder(meta: dict, cfg: TrainConfig, net: NetConfig) -> bool:
@@ -1085,6 +1112,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only train the colour reader of reader guidance for the trained model in --output for STEPS "
                              "steps (on its training clips and its denoiser's x0 estimates of them; about 1000 steps, "
                              "~10 min on 2 CPU cores) and turn the guidance on in its ltc_model.json, then stop")
+    parser.add_argument("--noise-flow", type=float, default=None, metavar="A",
+                        help="flowing noise: each teacher sample and distillation trajectory gets noise of which a share a, "
+                             "drawn uniformly in [0, A], is one field moving along the velocity the prompt names, so the "
+                             "noise moves the way the picture should; sample with --noise-flow too (needs --text-velocity; "
+                             "default 0)")
     parser.add_argument("--distil-rollout", type=float, default=None,
                         help="share of distillation samples that start a step from the student's own state (its earlier "
                              "steps run from the trajectory's noise) instead of the teacher's, with the teacher's next "
@@ -1093,7 +1125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 _RESUME_ADOPTS = ("teacher_steps", "distil_trajectories", "distil_steps", "student_steps", "context_drop",
                   "object_weight", "object_weight_sigma", "motion_weight", "cross_attn_drop", "context_shift", "guidance", "distil_rollout",
-                  "distil_filter")
+                  "distil_filter", "noise_flow")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -1130,7 +1162,7 @@ def main(args: argparse.Namespace) -> int:
             setattr(cfg, name, value)
     for name, low, high in (("guidance", 1, 20), ("context_drop", 0, 1), ("object_weight", 0, 100), ("motion_weight", 0, 100),
                             ("cross_attn_drop", 0, 1), ("context_shift", 0, 1), ("object_weight_sigma", 0, 1),
-                            ("distil_rollout", 0, 1)):
+                            ("distil_rollout", 0, 1), ("noise_flow", 0, 1)):
         value = getattr(args, name)
         if value is not None:
             if not low <= value <= high:
@@ -1150,6 +1182,8 @@ def main(args: argparse.Namespace) -> int:
     for key in ("text_velocity", "colour_palette"):
         if options[key] and not text_attributes:
             raise ConfigError(f"--{key.replace('_', '-')} reads the prompt through the attribute pooling: add --text-attributes")
+    if cfg.noise_flow and not options["text_velocity"]:
+        raise ConfigError("--noise-flow moves the noise along the velocity the network reads from the prompt: add --text-velocity")
     if options["colour_palette"] and options["residual_context"]:
         raise ConfigError("--colour-palette draws colours; with --residual-context the network draws changes")
     net = NetConfig(height=args.size, width=args.size, cross_attn=True, self_attn=args.self_attn, **options)
