@@ -32,9 +32,10 @@ def field_frames(field: torch.Tensor, offset: torch.Tensor, velocity: torch.Tens
     `offset` [B, 2]: how far (x right, y down, in the field's pixels) the field has moved before the
     first frame; `velocity` [B, 2]: how far it moves per frame, as fractions of the width and height
     (what `networks.translate` takes). Frame t is the field moved by round(offset + t * velocity in
-    field pixels), circularly."""
-    b, c, hh, ww = field.shape
-    per_frame = velocity.to(torch.float64).cpu() * torch.tensor([ww, hh], dtype=torch.float64)
+    field pixels), circularly. The shifts are chosen on the host (one copy of the velocity per call,
+    once per chunk)."""
+    b = field.shape[0]
+    per_frame = _field_pixels(velocity, field)
     start = offset.to(torch.float64).cpu()
     out = []
     for t in range(frames):
@@ -47,9 +48,13 @@ def field_frames(field: torch.Tensor, offset: torch.Tensor, velocity: torch.Tens
 
 def advance(offset: torch.Tensor, velocity: torch.Tensor, field: torch.Tensor, frames: int) -> torch.Tensor:
     """`offset` after `frames` more frames of `velocity` (see `field_frames`)."""
+    return offset.to(torch.float64).cpu() + frames * _field_pixels(velocity, field)
+
+
+def _field_pixels(velocity: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+    """`velocity` [B, 2] (fractions of the width and height per frame) in `field`'s pixels, on the host."""
     hh, ww = field.shape[-2:]
-    return offset.to(torch.float64).cpu() + frames * velocity.to(torch.float64).cpu() * torch.tensor(
-        [ww, hh], dtype=torch.float64)
+    return velocity.to(torch.float64).cpu() * torch.tensor([ww, hh], dtype=torch.float64)
 
 
 def mix(fresh: torch.Tensor, shared: torch.Tensor, weight: torch.Tensor | float) -> torch.Tensor:
