@@ -1117,8 +1117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise-flow", type=float, default=None, metavar="A",
                         help="flowing noise: each teacher sample and distillation trajectory gets noise of which a share a, "
                              "drawn uniformly in [0, A], is one field moving along the velocity the prompt names, so the "
-                             "noise moves the way the picture should; sample with --noise-flow too (needs --text-velocity; "
-                             "default 0)")
+                             "noise moves the way the picture should (needs --text-velocity; default 0). The folder still "
+                             "samples on plain noise, which measured best for the packaged network trained this way; "
+                             "--noise-flow on serve/render/eval-default samples with it")
     parser.add_argument("--distil-rollout", type=float, default=None,
                         help="share of distillation samples that start a step from the student's own state (its earlier "
                              "steps run from the trajectory's noise) instead of the teacher's, with the teacher's next "
