@@ -502,11 +502,10 @@ def flowing_training_noise(model: Denoiser, fresh: torch.Tensor, tokens: torch.T
     velocity the network reads from each sample's prompt (what sampling will move it by), from a
     random starting position, with a share a drawn uniformly in [0, top] per sample."""
     b, c, t, h, w = fresh.shape
-    velocity = model.grid_velocity(tokens, h, w).float().cpu()
     field = noise_field(b, c, h, w, gen)
     offset = torch.rand(b, 2, generator=gen) * torch.tensor([field.shape[-1], field.shape[-2]], dtype=torch.float32)
     weight = torch.rand(b, generator=gen) * top
-    return mix(fresh, field_frames(field, offset, velocity, t), weight)
+    return mix(fresh, field_frames(field, offset, model.grid_velocity(tokens, h, w), t), weight)
 
 
 @torch.no_grad()
