@@ -1318,3 +1318,64 @@ def test_noise_flow_is_a_clear_error_out_of_range_or_without_a_velocity(quick_fo
     assert main(["train-default", "--quick", "--noise-flow", "0.5", "--output", str(folder.parent / "nf")]) == 2
     assert "--noise-flow" in capsys.readouterr().err
     assert not (folder.parent / "nf").exists()
+
+
+def _perturbed_copy(source, dest, seed: int, files=("student.safetensors", "teacher.safetensors")):
+    """`source` copied to `dest` with every float tensor of `files` moved by noise: a second network
+    on the same autoencoder, as a folder trained on would be."""
+    shutil.copytree(source, dest)
+    gen = torch.Generator().manual_seed(seed)
+    for name in files:
+        state = load_file(str(dest / name))
+        save_file({k: v + 0.1 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+                   for k, v in state.items()}, str(dest / name))
+    return dest
+
+
+def test_average_default_writes_the_weighted_mean_and_refuses_folders_that_do_not_match(quick_folder, tmp_path, capsys):
+    from ltc_stream import cli
+
+    first = tmp_path / "first"
+    shutil.copytree(quick_folder[0], first)
+    (first / "ltc_weights.json").write_text("{}")  # stands for a calibration of the first folder's weights
+    second = _perturbed_copy(first, tmp_path / "second", seed=3)
+    for weight, out in ((0.5, tmp_path / "mean"), (0.25, tmp_path / "quarter")):
+        assert cli.main(["average-default", str(first), str(second), "--output", str(out), "--weight", str(weight)]) == 0
+        for name in ("student.safetensors", "teacher.safetensors"):
+            a, b, got = (load_file(str(f / name)) for f in (first, second, out))
+            for key in a:
+                torch.testing.assert_close(got[key], (1 - weight) * a[key] + weight * b[key], rtol=0, atol=1e-6)
+        assert (out / "autoencoder.safetensors").read_bytes() == (first / "autoencoder.safetensors").read_bytes()
+        assert not (out / "ltc_weights.json").exists()  # calibrated for the first folder's weights: gone
+        assert json.loads((out / "ltc_model.json").read_text())["averaged"]["weight"] == weight
+    assert "eval-default --model" in capsys.readouterr().out  # says how to calibrate LTC for it
+    model = load_model(str(tmp_path / "mean"), device="cpu")  # loads by the same path as any folder
+    state = model.new_stream(0)
+    chunk = model.generate_chunk(state, model.encode_prompt("a red circle moving left on a blue background"), ltc=False)
+    assert np.isfinite(chunk.frames.astype(np.float64)).all() and chunk.frames.shape[0] == model.frames_per_chunk
+
+    # folders that cannot be averaged: a clear one-line error, exit 2, nothing written
+    other_ae = _perturbed_copy(first, tmp_path / "other-ae", seed=4, files=("autoencoder.safetensors",))
+    wider = tmp_path / "wider"
+    shutil.copytree(first, wider)
+    meta = json.loads((wider / "ltc_model.json").read_text())
+    meta["net"]["width0"] += 8
+    (wider / "ltc_model.json").write_text(json.dumps(meta))
+    nan = _perturbed_copy(first, tmp_path / "nan", seed=5)
+    state = load_file(str(nan / "student.safetensors"))
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key].clone().fill_(float("nan"))
+    save_file(state, str(nan / "student.safetensors"))
+    cases = [([str(other_ae)], "different autoencoder.safetensors"), ([str(wider)], "net settings differ: width0"),
+             ([str(nan)], "NaN"), ([str(tmp_path / "missing")], "not a default-model folder"),
+             ([str(second), "--weight", "1.5"], "--weight must be between 0 and 1"),
+             ([str(second), "--output", str(first)], "is one of the folders being averaged"),
+             ([str(second), "--output", str(tmp_path / "mean")], "exists and is not empty")]
+    for extra, message in cases:
+        out = tmp_path / "refused"
+        argv = ["average-default", str(first), *extra]
+        if "--output" not in extra:
+            argv += ["--output", str(out)]
+        assert cli.main(argv) == 2, message
+        assert message in capsys.readouterr().err
+        assert not out.exists()

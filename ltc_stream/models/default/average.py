@@ -1,0 +1,110 @@
+"""`ltc-stream average-default`: average two default-model folders' networks, parameter by parameter.
+
+Two networks from one training path (a folder, and the same folder trained on) can sample better
+averaged than either alone (weight averaging, as in stochastic weight averaging and model soups):
+the packaged default model is such an average (its model card says how it was chosen). The folders
+must differ in their denoisers only: the same network shape, the same autoencoder (the latents both
+denoisers were trained on) and the same text parts. The output is a copy of the first folder (its
+colour reader and sampling settings) with the student's and the teacher's weights averaged, and
+without LTC's calibration, which was measured for the first folder's weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from ...errors import ConfigError, ModelNotFoundError, NonFiniteError
+from .model import PACKAGED, _file_digest
+
+DENOISER_FILES = ("student.safetensors", "teacher.safetensors")
+SHARED_FILES = ("autoencoder.safetensors",)  # must be the same file in both folders
+CALIBRATION_FILE = "ltc_weights.json"
+
+
+def _folder(name: str | Path) -> Path:
+    folder = PACKAGED if str(name) == "default" else Path(name)
+    if not (folder / "ltc_model.json").is_file():
+        raise ModelNotFoundError(f"{folder} is not a default-model folder (no ltc_model.json)")
+    return folder
+
+
+def _average_file(first: Path, second: Path, weight: float) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(first)), load_file(str(second))
+    if a.keys() != b.keys():
+        only = sorted(a.keys() ^ b.keys())
+        raise ConfigError(f"{first} and {second} hold different networks (parameters in one only: {', '.join(only[:3])})")
+    out = {}
+    for key, x in a.items():
+        y = b[key]
+        if x.shape != y.shape or x.dtype != y.dtype:
+            raise ConfigError(f"{key}: {tuple(x.shape)} {x.dtype} in {first}, {tuple(y.shape)} {y.dtype} in {second}")
+        if not x.is_floating_point():
+            if not torch.equal(x, y):
+                raise ConfigError(f"{key} (not a float) differs between {first} and {second}: cannot be averaged")
+            out[key] = x
+            continue
+        for path, t in ((first, x), (second, y)):
+            if not torch.isfinite(t).all():
+                raise NonFiniteError(f"{path}: {key} holds NaN or Inf")
+        out[key] = ((1 - weight) * x.double() + weight * y.double()).to(x.dtype)
+    return out
+
+
+def average_folders(first: str | Path, second: str | Path, output: str | Path, weight: float = 0.5) -> dict:
+    """Write `output`: `first`'s folder with each denoiser (1 - weight) * first's + weight * second's."""
+    from safetensors.torch import save_file
+
+    if not 0 < weight < 1:
+        raise ConfigError(f"--weight must be between 0 and 1 (exclusive), got {weight}")
+    first, second, output = _folder(first), _folder(second), Path(output)
+    if output.resolve() in (first.resolve(), second.resolve()):
+        raise ConfigError(f"--output {output} is one of the folders being averaged: write to a new folder")
+    if output.exists() and any(output.iterdir()):
+        raise ConfigError(f"--output {output} exists and is not empty")
+    metas = [json.loads((f / "ltc_model.json").read_text()) for f in (first, second)]
+    if metas[0].get("net") != metas[1].get("net"):
+        differ = sorted(k for k in set(metas[0].get("net", {})) | set(metas[1].get("net", {}))
+                        if metas[0].get("net", {}).get(k) != metas[1].get("net", {}).get(k))
+        raise ConfigError(f"{first} and {second} are different networks (net settings differ: {', '.join(differ)})")
+    for name in SHARED_FILES:
+        if _file_digest(first / name) != _file_digest(second / name):
+            raise ConfigError(f"{first} and {second} have different {name}: their denoisers work on different "
+                              "latents, so their average means nothing")
+    files = [n for n in DENOISER_FILES if (first / n).is_file() and (second / n).is_file()]
+    if "student.safetensors" not in files:
+        raise ModelNotFoundError(f"both folders need a distilled student.safetensors ({first}, {second})")
+    averaged = {n: _average_file(first / n, second / n, weight) for n in files}
+    shutil.copytree(first, output, dirs_exist_ok=True)
+    for name, state in averaged.items():
+        save_file(state, str(output / name))
+    for name in set(DENOISER_FILES) - set(files):  # a teacher only one folder has is not the average's
+        (output / name).unlink(missing_ok=True)
+    (output / CALIBRATION_FILE).unlink(missing_ok=True)
+    meta = metas[0]
+    meta["averaged"] = {"first": str(first), "second": str(second), "weight": weight, "files": files,
+                        "digests": {str(f): {n: _file_digest(f / n) for n in files} for f in (first, second)}}
+    (output / "ltc_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta["averaged"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("first", help="a default-model folder (or 'default'): the output is a copy of it")
+    parser.add_argument("second", help="a default-model folder with the same network and autoencoder")
+    parser.add_argument("--output", required=True, help="a new folder for the average")
+    parser.add_argument("--weight", type=float, default=0.5,
+                        help="the second folder's share (default 0.5: the plain mean)")
+
+
+def main(args: argparse.Namespace) -> int:
+    info = average_folders(args.first, args.second, args.output, args.weight)
+    print(f"[average-default] {args.output}: {', '.join(info['files'])} = {1 - args.weight:g} x {info['first']} "
+          f"+ {args.weight:g} x {info['second']}; the colour reader and sampling settings are {info['first']}'s")
+    print(f"[average-default] LTC is uncalibrated for the new weights: ltc-stream eval-default --model {args.output} "
+          "--calibrate --tau 0.3")
+    return 0
