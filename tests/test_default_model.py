@@ -1366,11 +1366,16 @@ def test_average_default_writes_the_weighted_mean_and_refuses_folders_that_do_no
     key = next(k for k, v in state.items() if v.is_floating_point())
     state[key] = state[key].clone().fill_(float("nan"))
     save_file(state, str(nan / "student.safetensors"))
+    no_ae = tmp_path / "no-ae"
+    shutil.copytree(second, no_ae)
+    (no_ae / "autoencoder.safetensors").unlink()
     cases = [([str(other_ae)], "different autoencoder.safetensors"), ([str(wider)], "net settings differ: width0"),
              ([str(nan)], "NaN"), ([str(tmp_path / "missing")], "not a default-model folder"),
              ([str(second), "--weight", "1.5"], "--weight must be between 0 and 1"),
              ([str(second), "--output", str(first)], "is one of the folders being averaged"),
-             ([str(second), "--output", str(tmp_path / "mean")], "exists and is not empty")]
+             ([str(second), "--output", str(tmp_path / "mean")], "exists and is not an empty folder"),
+             ([str(second), "--output", str(first / "ltc_model.json")], "exists and is not an empty folder"),
+             ([str(no_ae)], "lacks autoencoder.safetensors")]
     for extra, message in cases:
         out = tmp_path / "refused"
         argv = ["average-default", str(first), *extra]

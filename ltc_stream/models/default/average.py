@@ -65,14 +65,17 @@ def average_folders(first: str | Path, second: str | Path, output: str | Path, w
     first, second, output = _folder(first), _folder(second), Path(output)
     if output.resolve() in (first.resolve(), second.resolve()):
         raise ConfigError(f"--output {output} is one of the folders being averaged: write to a new folder")
-    if output.exists() and any(output.iterdir()):
-        raise ConfigError(f"--output {output} exists and is not empty")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ConfigError(f"--output {output} exists and is not an empty folder")
     metas = [json.loads((f / "ltc_model.json").read_text()) for f in (first, second)]
     if metas[0].get("net") != metas[1].get("net"):
         differ = sorted(k for k in set(metas[0].get("net", {})) | set(metas[1].get("net", {}))
                         if metas[0].get("net", {}).get(k) != metas[1].get("net", {}).get(k))
         raise ConfigError(f"{first} and {second} are different networks (net settings differ: {', '.join(differ)})")
     for name in SHARED_FILES:
+        for f in (first, second):
+            if not (f / name).is_file():
+                raise ModelNotFoundError(f"{f} lacks {name}")
         if _file_digest(first / name) != _file_digest(second / name):
             raise ConfigError(f"{first} and {second} have different {name}: their denoisers work on different "
                               "latents, so their average means nothing")
