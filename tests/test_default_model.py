@@ -1349,6 +1349,13 @@ def test_average_default_writes_the_weighted_mean_and_refuses_folders_that_do_no
         assert not (out / "ltc_weights.json").exists()  # calibrated for the first folder's weights: gone
         assert json.loads((out / "ltc_model.json").read_text())["averaged"]["weight"] == weight
     assert "eval-default --model" in capsys.readouterr().out  # says how to calibrate LTC for it
+    # a folder written before a network setting existed lacks its key: read as its default, it matches
+    legacy = tmp_path / "legacy"
+    shutil.copytree(second, legacy)
+    meta = json.loads((legacy / "ltc_model.json").read_text())
+    assert meta["net"].pop("colour_palette") is False
+    (legacy / "ltc_model.json").write_text(json.dumps(meta))
+    assert cli.main(["average-default", str(legacy), str(first), "--output", str(tmp_path / "from-legacy")]) == 0
     model = load_model(str(tmp_path / "mean"), device="cpu")  # loads by the same path as any folder
     state = model.new_stream(0)
     chunk = model.generate_chunk(state, model.encode_prompt("a red circle moving left on a blue background"), ltc=False)

@@ -19,6 +19,7 @@ import torch
 
 from ...errors import ConfigError, ModelNotFoundError, NonFiniteError
 from .model import PACKAGED, _file_digest
+from .networks import NetConfig
 
 DENOISER_FILES = ("student.safetensors", "teacher.safetensors")
 SHARED_FILES = ("autoencoder.safetensors",)  # must be the same file in both folders
@@ -67,10 +68,16 @@ def average_folders(first: str | Path, second: str | Path, output: str | Path, w
         raise ConfigError(f"--output {output} is one of the folders being averaged: write to a new folder")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ConfigError(f"--output {output} exists and is not an empty folder")
-    metas = [json.loads((f / "ltc_model.json").read_text()) for f in (first, second)]
-    if metas[0].get("net") != metas[1].get("net"):
-        differ = sorted(k for k in set(metas[0].get("net", {})) | set(metas[1].get("net", {}))
-                        if metas[0].get("net", {}).get(k) != metas[1].get("net", {}).get(k))
+    metas, nets = [], []
+    for f in (first, second):
+        try:
+            metas.append(json.loads((f / "ltc_model.json").read_text()))
+            # through NetConfig: a folder written before a setting existed has its default
+            nets.append(NetConfig.from_dict(metas[-1]["net"]).to_dict())
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ModelNotFoundError(f"{f / 'ltc_model.json'} is malformed ({exc})") from None
+    if nets[0] != nets[1]:
+        differ = sorted(k for k in nets[0] if nets[0][k] != nets[1].get(k))
         raise ConfigError(f"{first} and {second} are different networks (net settings differ: {', '.join(differ)})")
     for name in SHARED_FILES:
         for f in (first, second):
