@@ -1355,7 +1355,9 @@ def test_average_default_writes_the_weighted_mean_and_refuses_folders_that_do_no
     meta = json.loads((legacy / "ltc_model.json").read_text())
     assert meta["net"].pop("colour_palette") is False
     (legacy / "ltc_model.json").write_text(json.dumps(meta))
-    assert cli.main(["average-default", str(legacy), str(first), "--output", str(tmp_path / "from-legacy")]) == 0
+    assert cli.main(["average-default", str(legacy), str(tmp_path / "mean"), "--output", str(tmp_path / "from-legacy")]) == 0
+    made = json.loads((tmp_path / "from-legacy" / "ltc_model.json").read_text())["averaged"]
+    assert made["second_was"]["weight"] == 0.5 and "first_was" not in made  # the mean's own history kept
     model = load_model(str(tmp_path / "mean"), device="cpu")  # loads by the same path as any folder
     state = model.new_stream(0)
     chunk = model.generate_chunk(state, model.encode_prompt("a red circle moving left on a blue background"), ltc=False)

@@ -98,7 +98,9 @@ def average_folders(first: str | Path, second: str | Path, output: str | Path, w
     (output / CALIBRATION_FILE).unlink(missing_ok=True)
     meta = metas[0]
     meta["averaged"] = {"first": str(first), "second": str(second), "weight": weight, "files": files,
-                        "digests": {str(f): {n: _file_digest(f / n) for n in files} for f in (first, second)}}
+                        "digests": {str(f): {n: _file_digest(f / n) for n in files} for f in (first, second)},
+                        # an average of averages keeps how each part was made
+                        **{f"{k}_was": m["averaged"] for k, m in zip(("first", "second"), metas) if "averaged" in m}}
     (output / "ltc_model.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta["averaged"]
 
