@@ -362,8 +362,9 @@ class DefaultModel(VideoModel):
 
     @torch.no_grad()
     def calibrate_ltc(self, prompts: list[str], cfg: LTCConfig, seed: int = 0, contexts: torch.Tensor | None = None) -> LTCWeights:
-        """Closed-form w_g over a batch of prompts (and, optionally, causal contexts), saved beside
-        the weights. The key is that of a single-stream chunk (batch 1) since that is what runs."""
+        """Closed-form w_g over a batch of prompts (and, optionally, causal contexts), returned, not
+        saved (`evaluate.calibrate_model`, behind `eval-default --calibrate`, saves them beside the
+        weights). The key is that of a single-stream chunk (batch 1) since that is what runs."""
         gen = torch.Generator(device=self.device).manual_seed(seed)
         tokens = torch.stack([self.encode_prompt(p) for p in prompts])
         # calibrated on the noise that runs: flowing where it flows (each prompt a stream's first chunk),
