@@ -18,19 +18,11 @@ from pathlib import Path
 import torch
 
 from ...errors import ConfigError, ModelNotFoundError, NonFiniteError
-from .model import PACKAGED, _file_digest
-from .networks import NetConfig
+from .model import PACKAGED, _file_digest, read_folder_meta
 
 DENOISER_FILES = ("student.safetensors", "teacher.safetensors")
 SHARED_FILES = ("autoencoder.safetensors",)  # must be the same file in both folders
 CALIBRATION_FILE = "ltc_weights.json"
-
-
-def _folder(name: str | Path) -> Path:
-    folder = PACKAGED if str(name) == "default" else Path(name)
-    if not (folder / "ltc_model.json").is_file():
-        raise ModelNotFoundError(f"{folder} is not a default-model folder (no ltc_model.json)")
-    return folder
 
 
 def _average_file(first: Path, second: Path, weight: float) -> dict[str, torch.Tensor]:
@@ -63,19 +55,14 @@ def average_folders(first: str | Path, second: str | Path, output: str | Path, w
 
     if not 0 < weight < 1:
         raise ConfigError(f"--weight must be between 0 and 1 (exclusive), got {weight}")
-    first, second, output = _folder(first), _folder(second), Path(output)
+    first, second = (PACKAGED if str(f) == "default" else Path(f) for f in (first, second))
+    output = Path(output)
     if output.resolve() in (first.resolve(), second.resolve()):
         raise ConfigError(f"--output {output} is one of the folders being averaged: write to a new folder")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ConfigError(f"--output {output} exists and is not an empty folder")
-    metas, nets = [], []
-    for f in (first, second):
-        try:
-            metas.append(json.loads((f / "ltc_model.json").read_text()))
-            # through NetConfig: a folder written before a setting existed has its default
-            nets.append(NetConfig.from_dict(metas[-1]["net"]).to_dict())
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ModelNotFoundError(f"{f / 'ltc_model.json'} is malformed ({exc})") from None
+    (meta, net), (meta2, net2) = read_folder_meta(first), read_folder_meta(second)
+    metas, nets = [meta, meta2], [net.to_dict(), net2.to_dict()]  # a setting a file predates reads as its default
     if nets[0] != nets[1]:
         differ = sorted(k for k in nets[0] if nets[0][k] != nets[1].get(k))
         raise ConfigError(f"{first} and {second} are different networks (net settings differ: {', '.join(differ)})")
@@ -96,7 +83,6 @@ def average_folders(first: str | Path, second: str | Path, output: str | Path, w
     for name in set(DENOISER_FILES) - set(files):  # a teacher only one folder has is not the average's
         (output / name).unlink(missing_ok=True)
     (output / CALIBRATION_FILE).unlink(missing_ok=True)
-    meta = metas[0]
     meta["averaged"] = {"first": str(first), "second": str(second), "weight": weight, "files": files,
                         "digests": {str(f): {n: _file_digest(f / n) for n in files} for f in (first, second)},
                         # an average of averages keeps how each part was made

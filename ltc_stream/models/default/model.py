@@ -86,6 +86,19 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def read_folder_meta(folder: Path) -> tuple[dict, NetConfig]:
+    """A default-model folder's `ltc_model.json` and its network settings (a setting the file
+    predates reads as its default), or a clear error."""
+    meta_path = Path(folder) / "ltc_model.json"
+    if not meta_path.is_file():
+        raise ModelNotFoundError(f"{folder} has no ltc_model.json: not a default-model folder")
+    try:
+        meta = json.loads(meta_path.read_text())
+        return meta, NetConfig.from_dict(meta["net"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ModelNotFoundError(f"{meta_path} is malformed ({exc}); retrain with 'ltc-stream train-default'") from None
+
+
 def sigma_schedule(steps: int) -> torch.Tensor:
     """Uniform in sigma from 1 to 0 (the schedule the student was distilled on, at its own steps)."""
     return torch.linspace(1.0, 0.0, steps + 1)
@@ -111,14 +124,8 @@ class DefaultModel(VideoModel):
                  reader_guidance: float | None = None, noise_candidates: int | None = None,
                  motion_guidance: float | None = None, noise_flow: float | None = None):
         folder = Path(folder)
+        meta, self.net = read_folder_meta(folder)
         meta_path = folder / "ltc_model.json"
-        if not meta_path.is_file():
-            raise ModelNotFoundError(f"{folder} has no ltc_model.json: not a default-model folder")
-        try:
-            meta = json.loads(meta_path.read_text())
-            self.net = NetConfig.from_dict(meta["net"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ModelNotFoundError(f"{meta_path} is malformed ({exc}); retrain with 'ltc-stream train-default'") from None
         self.folder, self.meta = folder, meta
         self.device = resolve_device(device)
         self.name = meta.get("name", "default")
