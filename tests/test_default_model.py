@@ -1348,7 +1348,14 @@ def test_average_default_writes_the_weighted_mean_and_refuses_folders_that_do_no
         assert (out / "autoencoder.safetensors").read_bytes() == (first / "autoencoder.safetensors").read_bytes()
         assert not (out / "ltc_weights.json").exists()  # calibrated for the first folder's weights: gone
         assert json.loads((out / "ltc_model.json").read_text())["averaged"]["weight"] == weight
-    assert "eval-default --model" in capsys.readouterr().out  # says how to calibrate LTC for it
+    said = capsys.readouterr().out
+    assert "eval-default --model" in said  # says how to calibrate LTC for it
+    assert ("--train-reader" in said) == (first / "reader.safetensors").is_file()  # and to train a reader for it
+    with_reader = tmp_path / "with-reader"
+    shutil.copytree(first, with_reader)
+    (with_reader / "reader.safetensors").write_bytes(b"a reader trained on the first folder's student")
+    assert cli.main(["average-default", str(with_reader), str(second), "--output", str(tmp_path / "mean-read")]) == 0
+    assert f"--train-reader 1200 --output {tmp_path / 'mean-read'}" in capsys.readouterr().out
     # a folder written before a network setting existed lacks its key: read as its default, it matches
     legacy = tmp_path / "legacy"
     shutil.copytree(second, legacy)

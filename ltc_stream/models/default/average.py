@@ -6,7 +6,9 @@ the packaged default model is such an average (its model card says how it was ch
 must differ in their denoisers only: the same network shape, the same autoencoder (the latents both
 denoisers were trained on) and the same text parts. The output is a copy of the first folder (its
 colour reader and sampling settings) with the student's and the teacher's weights averaged, and
-without LTC's calibration, which was measured for the first folder's weights.
+without LTC's calibration, which was measured for the first folder's weights. The reader is kept, so
+reader guidance stays on, but it was trained on the first folder's student: the command says how to
+train one for the averaged student, which reads it better.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ...errors import ConfigError, ModelNotFoundError, NonFiniteError
-from .model import PACKAGED, _file_digest, read_folder_meta
+from .model import PACKAGED, READER_FILE, _file_digest, read_folder_meta
 
 DENOISER_FILES = ("student.safetensors", "teacher.safetensors")
 SHARED_FILES = ("autoencoder.safetensors",)  # must be the same file in both folders
@@ -103,6 +105,10 @@ def main(args: argparse.Namespace) -> int:
     info = average_folders(args.first, args.second, args.output, args.weight)
     print(f"[average-default] {args.output}: {', '.join(info['files'])} = {1 - args.weight:g} x {info['first']} "
           f"+ {args.weight:g} x {info['second']}; the colour reader and sampling settings are {info['first']}'s")
+    if (Path(args.output) / READER_FILE).is_file():
+        # a reader reads the student it was trained on best (model card, "A reader for this network")
+        print(f"[average-default] the colour reader was trained on {info['first']}'s student: train one for the averaged "
+              f"student first, ltc-stream train-default --train-reader 1200 --output {args.output} (~11 min on 2 CPU cores)")
     print(f"[average-default] LTC is uncalibrated for the new weights: ltc-stream eval-default --model {args.output} "
           "--calibrate --tau 0.3")
     return 0
