@@ -95,7 +95,7 @@ def test_guide_x0_is_one_gradient_step_down_the_prompts_colour_cross_entropy():
     assert torch.equal(guide_x0(reader, x0, obj_p, bg_p, 0.0), x0)
 
 
-def test_train_reader_adds_a_reader_and_turns_guidance_on_leaving_the_model(attribute_folder, tmp_path):
+def test_train_reader_adds_a_reader_and_turns_guidance_on_leaving_the_model(attribute_folder, tmp_path, capsys):
     folder = tmp_path / "r"
     shutil.copytree(attribute_folder, folder)
     before = {p.name: p.read_bytes() for p in folder.glob("*.safetensors")}
@@ -104,7 +104,12 @@ def test_train_reader_adds_a_reader_and_turns_guidance_on_leaving_the_model(attr
     with pytest.raises(ConfigError, match="--train-reader"):
         load_model(str(folder), device="cpu", reader_guidance=0.5)
 
+    stale = folder / "ltc_weights.json"
+    stale.write_text("{}")  # stands for a calibration made before the reader existed
+    capsys.readouterr()
     record = train_reader_folder(folder, 20)
+    assert f"LTC stays off until 'ltc-stream eval-default --model {folder} --calibrate" in capsys.readouterr().out
+    stale.unlink()
     assert {p.name: p.read_bytes() for p in folder.glob("*.safetensors") if p.name in before} == before
     meta = json.loads((folder / "ltc_model.json").read_text())
     assert meta["reader"]["steps"] == 20 == record["steps"]

@@ -1037,6 +1037,9 @@ def train_reader_folder(out: Path, steps: int, threads: int = 2, guidance: float
           f"x0 estimates: background colour {est['background_colour']:.1%}, object colour {est['object_colour']:.1%}, "
           f"object {est['object']:.1%}; sampling.reader_guidance = {sampling['reader_guidance']:g}, "
           f"sampling.seam_anchor = {sampling['seam_anchor']:g}")
+    if (out / "ltc_weights.json").is_file():  # its key names the reader and the guidance: no longer this folder's
+        print(f"[train-default] {out / 'ltc_weights.json'} was calibrated with the previous reader: LTC stays off until "
+              f"'ltc-stream eval-default --model {out} --calibrate --tau 0.3' calibrates it again")
     return record
 
 
