@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 
 from ...errors import ConfigError, ModelNotFoundError, NonFiniteError
-from .model import PACKAGED, READER_FILE, _file_digest, read_folder_meta
+from .model import LTC_FILE, PACKAGED, READER_FILE, _file_digest, calibrate_command, read_folder_meta
 
 DENOISER_FILES = ("student.safetensors", "teacher.safetensors")
 SHARED_FILES = ("autoencoder.safetensors",)  # must be the same file in both folders
-CALIBRATION_FILE = "ltc_weights.json"
 
 
 def _average_file(first: Path, second: Path, weight: float) -> dict[str, torch.Tensor]:
@@ -84,7 +83,7 @@ def average_folders(first: str | Path, second: str | Path, output: str | Path, w
         save_file(state, str(output / name))
     for name in set(DENOISER_FILES) - set(files):  # a teacher only one folder has is not the average's
         (output / name).unlink(missing_ok=True)
-    (output / CALIBRATION_FILE).unlink(missing_ok=True)
+    (output / LTC_FILE).unlink(missing_ok=True)
     meta["averaged"] = {"first": str(first), "second": str(second), "weight": weight, "files": files,
                         "digests": {str(f): {n: _file_digest(f / n) for n in files} for f in (first, second)},
                         # an average of averages keeps how each part was made
@@ -109,6 +108,5 @@ def main(args: argparse.Namespace) -> int:
         # a reader reads the student it was trained on best (model card, "A reader for this network")
         print(f"[average-default] the colour reader was trained on {info['first']}'s student: train one for the averaged "
               f"student first, ltc-stream train-default --train-reader 1200 --output {args.output} (~11 min on 2 CPU cores)")
-    print(f"[average-default] LTC is uncalibrated for the new weights: ltc-stream eval-default --model {args.output} "
-          "--calibrate --tau 0.3")
+    print(f"[average-default] LTC is uncalibrated for the new weights: {calibrate_command(args.output)}")
     return 0

@@ -33,7 +33,7 @@ import torch
 from ...errors import ConfigError
 from ...ltc import LTCConfig, psnr, sample
 from ...stream import PROMPT_CHANGES, Steering
-from .model import add_sampling_arguments, sampling_options, sigma_schedule
+from .model import LTC_FILE, add_sampling_arguments, sampling_options, sigma_schedule
 from .train import progress, to_unit
 from .world import COLOURS, LINEAR_MOTIONS, MOTIONS, caption, render, sample_scene
 
@@ -461,7 +461,7 @@ def calibrate_model(model, n_prompts: int = 16, tau: float = 0.1, max_skips: int
     """Measure the default model's LTC weights on training-style captions (not the held-out ones)."""
     prompts = [sample_scene(s).caption for s in range(n_prompts)]
     weights = model.calibrate_ltc(prompts, LTCConfig(tau=tau, max_skips=max_skips))
-    weights.save(model.folder / "ltc_weights.json")
+    weights.save(model.folder / LTC_FILE)
     model.ltc_weights = weights
     return weights
 

@@ -29,6 +29,14 @@ log = logging.getLogger(__name__)
 
 PACKAGED = Path(__file__).resolve().parent.parent / "weights" / "default"
 LTC_FILE = "ltc_weights.json"
+# the angle threshold the packaged model's LTC weights were calibrated with (model card, "LTC")
+CALIBRATION_TAU = 0.3
+
+
+def calibrate_command(folder: str | Path) -> str:
+    """The command that calibrates LTC for a default-format folder as the packaged model's was,
+    for the messages that say a folder's calibration is missing or stale."""
+    return f"ltc-stream eval-default --model {folder} --calibrate --tau {CALIBRATION_TAU:g}"
 # what train-default writes into a new folder's ltc_model.json (sampling.seam_anchor); a folder that
 # names none samples without it, as it did before the anchor existed. 0.3 on the packaged weights:
 # continuity ratio 2.34 -> 1.44 at the same fidelity (model card)
@@ -192,8 +200,8 @@ class DefaultModel(VideoModel):
                 self.ltc_weights = LTCWeights.load(ltc_path, expect_key=self.ltc_key())
             except Exception as exc:  # calibrated for other weights or steps: run without, loudly
                 log.warning("LTC weights in %s not used: %s. Every step runs until LTC is calibrated for these "
-                            "settings: 'ltc-stream eval-default --model DIR --calibrate' with the same sampling options "
-                            "(on a copy of the folder, to keep its own calibration)", ltc_path, exc)
+                            "settings: '%s' with the same sampling options (on a copy of the folder, to keep its "
+                            "own calibration)", ltc_path, exc, calibrate_command(folder))
         self.online = OnlineLTC(self.ltc_weights, every=online_refresh) if (online_refresh and self.ltc_weights) else None
 
     # --- VideoModel ---------------------------------------------------------------------------

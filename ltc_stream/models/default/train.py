@@ -24,7 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from ...errors import ConfigError
-from .model import LTC_FILE, READER_FILE, SEAM_ANCHOR
+from .model import LTC_FILE, READER_FILE, SEAM_ANCHOR, calibrate_command
 from .networks import Autoencoder, Denoiser, NetConfig, context_baseline, from_unit
 from .noise import field_frames, mix, noise_field
 from .text import shared_text_encoder
@@ -1039,7 +1039,7 @@ def train_reader_folder(out: Path, steps: int, threads: int = 2, guidance: float
           f"sampling.seam_anchor = {sampling['seam_anchor']:g}")
     if (out / LTC_FILE).is_file():  # its key names the reader and the guidance: no longer this folder's
         print(f"[train-default] {out / LTC_FILE} was calibrated with the previous reader: LTC stays off until "
-              f"'ltc-stream eval-default --model {out} --calibrate --tau 0.3' calibrates it again")
+              f"'{calibrate_command(out)}' calibrates it again")
     return record
 
 
