@@ -31,12 +31,6 @@ PACKAGED = Path(__file__).resolve().parent.parent / "weights" / "default"
 LTC_FILE = "ltc_weights.json"
 # the angle threshold the packaged model's LTC weights were calibrated with (model card, "LTC")
 CALIBRATION_TAU = 0.3
-
-
-def calibrate_command(folder: str | Path) -> str:
-    """The command that calibrates LTC for a default-format folder as the packaged model's was,
-    for the messages that say a folder's calibration is missing or stale."""
-    return f"ltc-stream eval-default --model {folder} --calibrate --tau {CALIBRATION_TAU:g}"
 # what train-default writes into a new folder's ltc_model.json (sampling.seam_anchor); a folder that
 # names none samples without it, as it did before the anchor existed. 0.3 on the packaged weights:
 # continuity ratio 2.34 -> 1.44 at the same fidelity (model card)
@@ -66,6 +60,12 @@ MAX_MOTION_GUIDANCE = 8.0
 MOTION_MIN_SIGMA = 1.0
 # the sampling settings a folder's `sampling` names and `load_default` / the commands take
 SAMPLING_OPTIONS = ("seam_anchor", "reader_guidance", "noise_candidates", "motion_guidance", "noise_flow")
+
+
+def calibrate_command(folder: str | Path) -> str:
+    """The command that calibrates LTC for a default-format folder as the packaged model's was,
+    for the messages that say a folder's calibration is missing or stale."""
+    return f"ltc-stream eval-default --model {folder} --calibrate --tau {CALIBRATION_TAU:g}"
 
 
 @dataclass
