@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ...errors import ConfigError, ModelNotFoundError, NonFiniteError
-from .model import LTC_FILE, PACKAGED, READER_FILE, _file_digest, calibrate_command, read_folder_meta
+from .model import LTC_FILE, PACKAGED, READER_FILE, _file_digest, calibrate_command, read_folder_meta, train_reader_command
 
 DENOISER_FILES = ("student.safetensors", "teacher.safetensors")
 SHARED_FILES = ("autoencoder.safetensors",)  # must be the same file in both folders
@@ -107,6 +107,6 @@ def main(args: argparse.Namespace) -> int:
     if (Path(args.output) / READER_FILE).is_file():
         # a reader reads the student it was trained on best (model card, "A reader for this network")
         print(f"[average-default] the colour reader was trained on {info['first']}'s student: train one for the averaged "
-              f"student first, ltc-stream train-default --train-reader 1200 --output {args.output} (~11 min on 2 CPU cores)")
+              f"student first, {train_reader_command(args.output)} (~11 min on 2 CPU cores)")
     print(f"[average-default] LTC is uncalibrated for the new weights: {calibrate_command(args.output)}")
     return 0

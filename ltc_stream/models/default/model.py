@@ -44,6 +44,8 @@ READER_GUIDANCE = 0.2
 # 1.58 on held-out prompts 200-299; 1.29 at 0.4, at the same fidelity; model card)
 READER_SEAM_ANCHOR = 0.4
 READER_FILE = "reader.safetensors"
+# the steps the packaged model's colour reader was trained for (~11 min on 2 CPU cores; model card)
+READER_STEPS = 1200
 # noise selection (`--noise-candidates N`, sampling.noise_candidates; reader.selection_scores): off
 # (1) in folders unless asked for. 4 draws: held-out prompts 200-299 without LTC 68.2% -> 74.1%, the
 # 200 report prompts without LTC 70.3% -> 72.3%, but with LTC (as served) 69.5% -> 70.1% (+1.6 on
@@ -66,6 +68,12 @@ def calibrate_command(folder: str | Path) -> str:
     """The command that calibrates LTC for a default-format folder as the packaged model's was,
     for the messages that say a folder's calibration is missing or stale."""
     return f"ltc-stream eval-default --model {folder} --calibrate --tau {CALIBRATION_TAU:g}"
+
+
+def train_reader_command(folder: str | Path) -> str:
+    """The command that trains a colour reader for a default-format folder's student as the packaged
+    model's was, for the messages that say a folder's reader is missing or was trained on other weights."""
+    return f"ltc-stream train-default --train-reader {READER_STEPS} --output {folder}"
 
 
 @dataclass
@@ -182,7 +190,7 @@ class DefaultModel(VideoModel):
             reader_path = folder / READER_FILE
             if not reader_path.is_file():
                 raise ConfigError(f"{what} needs {reader_path}: train it with "
-                                  f"'ltc-stream train-default --train-reader STEPS --output {folder}' (or use {off})")
+                                  f"'{train_reader_command(folder)}' (or use {off})")
             self.reader = ColourReader(self.net.latent_channels)
             _load_safetensors(self.reader, reader_path)
             self.reader.to(self.device).eval().requires_grad_(False)

@@ -24,7 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from ...errors import ConfigError
-from .model import LTC_FILE, READER_FILE, SEAM_ANCHOR, calibrate_command
+from .model import LTC_FILE, READER_FILE, SEAM_ANCHOR, calibrate_command, train_reader_command
 from .networks import Autoencoder, Denoiser, NetConfig, context_baseline, from_unit
 from .noise import field_frames, mix, noise_field
 from .text import shared_text_encoder
@@ -682,7 +682,7 @@ def save_folder(out: Path, net: NetConfig, ae: Autoencoder, teacher: Denoiser | 
     (out / "ltc_model.json").write_text(json.dumps(meta, indent=2) + "\n")
     if stage == "distilled" and (out / READER_FILE).is_file():
         print(f"[train-default] {out / READER_FILE} was trained for the previous weights: reader guidance is off "
-              f"until 'ltc-stream train-default --train-reader STEPS --output {out}' trains it again")
+              f"until '{train_reader_command(out)}' trains it again")
 
 
 _STAGES = ("ae", "teacher", "distilled")
