@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from ltc_stream.errors import ConfigError, ModelNotFoundError
 from ltc_stream.models import load_model
 from ltc_stream.models.default import PACKAGED
+from ltc_stream.models.default.model import PROJECTION_MIN_SPEED
 from ltc_stream.models.default.evaluate import (calibrate_model, check_fidelity, held_out_scenes, jump_from_true_context,
                                                 HELD_OUT_SEED, object_area, read_video, seam_changes)
 from ltc_stream.models.default.networks import Autoencoder, Denoiser, NetConfig
@@ -839,6 +840,37 @@ def test_translate_moves_content_by_the_shift_and_aligns_frames_along_the_motion
                                atol=0.05, rtol=0)
 
 
+def test_motion_projection_carries_the_frames_along_the_velocity_wrapping_at_the_edges():
+    from ltc_stream.models.default.networks import motion_projection
+
+    def periodic(centres):  # the blob and its copies one frame away on each side: the world wraps objects
+        return sum(_blob(32, [(cx + dx, cy + dy) for cx, cy in centres]) for dx in (-32, 0, 32) for dy in (-32, 0, 32))
+
+    as_chunk = lambda frames: frames.permute(1, 0, 2, 3)[None]  # [T, 1, h, w] -> [1, 1, T, h, w]
+    v = torch.tensor([[1.5 / 32, -0.75 / 32]])
+    # content that already moves along the velocity is left as it is; along the opposite one it is not
+    moving = as_chunk(_blob(32, [(10 + 1.5 * t, 20 - 0.75 * t) for t in range(8)]))
+    torch.testing.assert_close(motion_projection(moving, v, 1.0), moving, atol=0.03, rtol=0)
+    assert (motion_projection(moving, -v, 1.0) - moving).abs().max() > 0.2
+    # a still blob becomes, at frame t, the mean of the blob carried (t - s) steps from every frame s:
+    # its centre travels along the velocity; weight 0.5 is halfway; 0 leaves the chunk alone
+    still = as_chunk(periodic([(16.0, 16.0)] * 8))
+    expected = as_chunk(torch.stack([periodic([(16 + 1.5 * (t - s), 16 - 0.75 * (t - s)) for s in range(8)]).mean(0)
+                                     for t in range(8)]))
+    torch.testing.assert_close(motion_projection(still, v, 1.0), expected, atol=0.03, rtol=0)
+    torch.testing.assert_close(motion_projection(still, v, 0.5), 0.5 * (still + expected), atol=0.02, rtol=0)
+    assert torch.equal(motion_projection(still, v, 0.0), still)
+    # at the right edge, moving right: what leaves on the right comes back on the left (no zeros enter)
+    edge = as_chunk(periodic([(30.0, 16.0)] * 4))
+    right = torch.tensor([[2.0 / 32, 0.0]])
+    expected = as_chunk(torch.stack([periodic([(30 + 2.0 * (t - s), 16.0) for s in range(4)]).mean(0) for t in range(4)]))
+    torch.testing.assert_close(motion_projection(edge, right, 1.0), expected, atol=0.03, rtol=0)
+    # a batch: each chunk moves along its own velocity
+    both = motion_projection(torch.cat([still, still]), torch.cat([v, -v]), 1.0)
+    torch.testing.assert_close(both[1:], motion_projection(still, -v, 1.0), atol=1e-6, rtol=0)
+    assert (both[0] - both[1]).abs().max() > 0.2
+
+
 def _attribute_net_grown(folder, seed: int, **change):
     """`_plain_and_grown`'s denoiser with the attribute pooling (random weights: `base`) and the same
     grown further by `change`. Returns net, base, grown, the grown-only tensor names, generator."""
@@ -1246,8 +1278,47 @@ def test_motion_guidance_pushes_the_first_step_away_from_the_prompt_without_its_
         load_model(str(quick_folder[0]), device="cpu", motion_guidance=1.0)
 
 
+def test_motion_projection_moves_the_first_estimate_along_the_prompt_and_leaves_still_prompts(quick_folder, tmp_path):
+    from ltc_stream.models.default.networks import motion_projection
+
+    folder, grown = _velocity_folder(quick_folder, tmp_path, 9)
+    plain = load_model(str(folder), device="cpu", seam_anchor=0.0)
+    projected = load_model(str(folder), device="cpu", seam_anchor=0.0, motion_projection=0.75)
+    assert plain.motion_projection == 0 and "motion_projection" not in plain.ltc_key()
+    assert projected.ltc_key()["motion_projection"] == 0.75 and projected.describe()["motion_projection"] == 0.75
+    tokens = plain.encode_prompt("a red ball moving right on a blue background")[None]
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(plain.latent_shape(), generator=gen)
+    velocity = grown.eval().grid_velocity(tokens, *plain.latent_shape()[3:])
+    assert grown.velocity(tokens).abs().max() >= PROJECTION_MIN_SPEED  # a moving prompt, so the test can tell
+    with torch.no_grad():
+        x0 = plain.denoiser_fn(tokens, None)(x, 1.0)
+        torch.testing.assert_close(projected.denoiser_fn(tokens, None)(x, 1.0), motion_projection(x0, velocity, 0.75))
+        assert (motion_projection(x0, velocity, 0.75) - x0).abs().max() > 1e-3
+        # later steps are the network's own; a batch of draws shares the prompt's velocity
+        assert torch.equal(projected.denoiser_fn(tokens, None)(x, 0.75), plain.denoiser_fn(tokens, None)(x, 0.75))
+        xs = torch.randn(plain.latent_shape(3), generator=gen)
+        torch.testing.assert_close(projected.denoiser_fn(tokens, None)(xs, 1.0),
+                                   motion_projection(plain.denoiser_fn(tokens, None)(xs, 1.0), velocity.expand(3, 2), 0.75))
+        # a prompt the velocity head reads as still is left alone (its frames would be frozen together)
+        for model in (plain, projected):
+            model.denoiser.velocity_head[2].weight.zero_()
+            model.denoiser.velocity_head[2].bias.zero_()
+        assert torch.equal(projected.denoiser_fn(tokens, None)(x, 1.0), plain.denoiser_fn(tokens, None)(x, 1.0))
+    # the folder's own setting, and refusals
+    meta = json.loads((folder / "ltc_model.json").read_text())
+    meta["sampling"] = {"motion_projection": 0.5}
+    (folder / "ltc_model.json").write_text(json.dumps(meta))
+    assert load_model(str(folder), device="cpu").motion_projection == 0.5
+    for bad in (-0.5, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match="motion_projection"):
+            load_model(str(folder), device="cpu", motion_projection=bad)
+    with pytest.raises(ConfigError, match="--text-velocity"):
+        load_model(str(quick_folder[0]), device="cpu", motion_projection=1.0)
+
+
 @pytest.mark.skipif(not (PACKAGED / "student.safetensors").is_file(), reason="packaged weights not trained yet")
-@pytest.mark.parametrize("options", [{}, {"motion_guidance": 3.0}, {"noise_candidates": 3}])
+@pytest.mark.parametrize("options", [{}, {"motion_guidance": 3.0}, {"noise_candidates": 3}, {"motion_projection": 1.0}])
 def test_sampling_creates_every_tensor_on_the_model_device(options):
     """The packaged model's sampling steps with every sampling option, on PyTorch's 'meta' device:
     a tensor made on the CPU by a missing `device=` meets a meta one and raises, as it would meet a

@@ -18,7 +18,7 @@ from ...device import resolve_device
 from ...errors import ConfigError, ModelNotFoundError
 from ...ltc import LTCConfig, LTCWeights, OnlineLTC, calibrate, make_key, sample
 from ..base import ChunkResult, VideoModel
-from .networks import Autoencoder, Denoiser, NetConfig, context_baseline, from_unit
+from .networks import Autoencoder, Denoiser, NetConfig, context_baseline, from_unit, motion_projection
 from .noise import advance, field_frames, noise_field
 from .noise import mix as noise_mix
 from .reader import MAX_GUIDANCE, READER_MIN_SIGMA, ColourReader, guide_x0, selection_scores
@@ -60,8 +60,16 @@ MAX_NOISE_CANDIDATES = 16
 # prompts 300-499 (model card, "Motion guidance" under "Tried and not shipped")
 MAX_MOTION_GUIDANCE = 8.0
 MOTION_MIN_SIGMA = 1.0
+# motion projection (`--motion-projection A`, sampling.motion_projection; networks.motion_projection):
+# at steps with sigma >= PROJECTION_MIN_SIGMA (the first: where the object is laid out) each frame of
+# the x0 estimate is mixed, weight A, with the chunk's frames carried to it along the velocity the
+# prompt names; prompts whose velocity is under PROJECTION_MIN_SPEED (of the frame per frame; the
+# world's slowest linear motion is 0.0098) are left alone, or their frames would be frozen together
+PROJECTION_MIN_SIGMA = 0.9
+PROJECTION_MIN_SPEED = 0.003
 # the sampling settings a folder's `sampling` names and `load_default` / the commands take
-SAMPLING_OPTIONS = ("seam_anchor", "reader_guidance", "noise_candidates", "motion_guidance", "noise_flow")
+SAMPLING_OPTIONS = ("seam_anchor", "reader_guidance", "noise_candidates", "motion_guidance", "noise_flow",
+                    "motion_projection")
 
 
 def calibrate_command(folder: str | Path) -> str:
@@ -138,7 +146,8 @@ class DefaultModel(VideoModel):
     def __init__(self, folder: Path, device: str | torch.device = "auto", steps: int | None = None,
                  use_teacher: bool = False, online_refresh: int = 0, seam_anchor: float | None = None,
                  reader_guidance: float | None = None, noise_candidates: int | None = None,
-                 motion_guidance: float | None = None, noise_flow: float | None = None):
+                 motion_guidance: float | None = None, noise_flow: float | None = None,
+                 motion_projection: float | None = None):
         folder = Path(folder)
         meta, self.net = read_folder_meta(folder)
         meta_path = folder / "ltc_model.json"
@@ -179,6 +188,10 @@ class DefaultModel(VideoModel):
         if self.noise_flow > 0 and not self.net.text_velocity:
             raise ConfigError(f"flowing noise {self.noise_flow:g} moves along the velocity the network reads from the prompt; "
                               f"{folder} was trained without --text-velocity (use --noise-flow 0)")
+        self.motion_projection = _sampling_setting(meta, meta_path, "motion_projection", motion_projection, 1.0)
+        if self.motion_projection > 0 and not self.net.text_velocity:
+            raise ConfigError(f"motion projection {self.motion_projection:g} moves frames along the velocity the network "
+                              f"reads from the prompt; {folder} was trained without --text-velocity (use --motion-projection 0)")
         self.reader: ColourReader | None = None
         if self.reader_guidance > 0 or self.noise_candidates > 1:
             what = (f"reader guidance {self.reader_guidance:g}" if self.reader_guidance > 0
@@ -231,10 +244,17 @@ class DefaultModel(VideoModel):
         the x0 estimates of steps at sigma >= READER_MIN_SIGMA then take one step of reader guidance
         (`reader.guide_x0`) towards the colours the prompt names, as the attribute pooling reads them.
         With `motion_guidance` G > 0, steps at sigma >= MOTION_MIN_SIGMA run the network on the batch
-        twice over in one call, with the prompt's velocity and without, and take v + G * (v - v_still)."""
+        twice over in one call, with the prompt's velocity and without, and take v + G * (v - v_still).
+        With `motion_projection` A > 0, the x0 estimates of steps at sigma >= PROJECTION_MIN_SIGMA are
+        last mixed, weight A, with their frames carried along the prompt's velocity
+        (`networks.motion_projection`), where the prompt names one."""
         if tokens.ndim == 2:
             tokens = tokens[None]
         colours = self.prompt_colours(tokens) if self.reader_guidance > 0 else None
+        velocity = None
+        if self.motion_projection > 0:
+            velocity = self.denoiser.grid_velocity(tokens, *self.latent_shape()[3:])
+            moving = self.denoiser.velocity(tokens).abs().amax(dim=1) >= PROJECTION_MIN_SPEED  # else a still prompt
         anchor = weight = None
         if context is not None and self.seam_anchor > 0:
             frames = self.net.frames_per_chunk
@@ -263,6 +283,9 @@ class DefaultModel(VideoModel):
                 x0 = torch.lerp(x0, anchor.expand_as(x0), weight)
             if colours is not None and sigma >= READER_MIN_SIGMA:
                 x0 = guide_x0(self.reader, x0, *(c.expand(x0.shape[0], -1) for c in colours), self.reader_guidance)
+            if velocity is not None and sigma >= PROJECTION_MIN_SIGMA:
+                vel, keep = velocity.expand(b, 2), moving.expand(b)
+                x0 = torch.where(keep[:, None, None, None, None], motion_projection(x0, vel, self.motion_projection), x0)
             return x0
 
         return denoise
@@ -360,7 +383,7 @@ class DefaultModel(VideoModel):
         info = super().describe()
         info.update(stage=self.stage, seam_anchor=self.seam_anchor, reader_guidance=self.reader_guidance,
                     noise_candidates=self.noise_candidates, motion_guidance=self.motion_guidance,
-                    noise_flow=self.noise_flow,
+                    noise_flow=self.noise_flow, motion_projection=self.motion_projection,
                     ltc_calibrated=self.ltc_weights is not None,
                     ltc_model_calls=self.ltc_weights.model_calls if self.ltc_weights else self.steps)
         return info
@@ -380,6 +403,8 @@ class DefaultModel(VideoModel):
             anchor.update(motion_guidance=self.motion_guidance)
         if self.noise_flow > 0:  # and flowing noise (another noise than the plain draws LTC was fitted on)
             anchor.update(noise_flow=self.noise_flow)
+        if self.motion_projection > 0:  # and motion projection (it moves the first step's estimate)
+            anchor.update(motion_projection=self.motion_projection)
         return make_key(model=f"ltc-stream-default:{self.weights_digest}", sampler="euler", steps=self.steps,
                         latent_shape=list(self.latent_shape()), guidance_scale=1.0, **anchor)
 
@@ -435,8 +460,8 @@ def _sampling_setting(meta: dict, meta_path: Path, name: str, given: float | Non
 
 
 def add_sampling_arguments(parser) -> None:
-    """`--seam-anchor W`, `--reader-guidance G`, `--noise-candidates N`, `--motion-guidance G` and `--noise-flow A` for the
-    commands that sample the default model (serve, render, eval-default)."""
+    """`--seam-anchor W`, `--reader-guidance G`, `--noise-candidates N`, `--motion-guidance G`, `--noise-flow A` and
+    `--motion-projection A` for the commands that sample the default model (serve, render, eval-default)."""
     parser.add_argument("--seam-anchor", type=float, default=None, metavar="W",
                         help="default-format models: pull each chunk's first frames towards the previous chunk's "
                              "last frame carried on along the prompt's motion, weight W (0-1) at the first frame "
@@ -457,6 +482,12 @@ def add_sampling_arguments(parser) -> None:
                              "(0-8) further along the difference, as classifier-free guidance does for a prompt; "
                              "on the packaged model it did not help (model card) "
                              "(default: the model folder's sampling.motion_guidance; 0 where it names none)")
+    parser.add_argument("--motion-projection", type=float, default=None, metavar="A",
+                        help="default-format models trained with --text-velocity: at each chunk's first step, mix each "
+                             "frame of the estimate, weight A (0-1), with the chunk's frames carried to it along the "
+                             "motion the prompt names, so the object's centre travels the way the prompt says; on "
+                             "the packaged model it trades object colour for direction (model card) "
+                             "(default: the model folder's sampling.motion_projection; 0 where it names none)")
     parser.add_argument("--noise-flow", type=float, default=None, metavar="A",
                         help="default-format models trained with --noise-flow: a share A (0-1) of each chunk's noise is one "
                              "field moving along the motion the prompt names, flowing on from chunk to chunk "
@@ -465,7 +496,7 @@ def add_sampling_arguments(parser) -> None:
 
 def sampling_options(args) -> dict[str, float]:
     """The load_model options for `--seam-anchor`, `--reader-guidance`, `--noise-candidates`,
-    `--motion-guidance` and `--noise-flow`, where given."""
+    `--motion-guidance`, `--noise-flow` and `--motion-projection`, where given."""
     return {name: getattr(args, name) for name in SAMPLING_OPTIONS if getattr(args, name, None) is not None}
 
 
