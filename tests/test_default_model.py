@@ -1235,6 +1235,20 @@ def _velocity_folder(quick_folder, tmp_path, seed: int):
     return folder, grown
 
 
+def _velocity_setting_is_read_and_checked(folder, without_velocity, name: str, value: float, too_high: float):
+    """A sampling setting that reads the prompt's velocity: taken from the folder's `sampling` when not
+    given, refused out of range (and NaN), and refused for a network trained without --text-velocity."""
+    meta = json.loads((folder / "ltc_model.json").read_text())
+    meta["sampling"] = {name: value}
+    (folder / "ltc_model.json").write_text(json.dumps(meta))
+    assert getattr(load_model(str(folder), device="cpu"), name) == value
+    for bad in (-0.5, too_high, float("nan")):
+        with pytest.raises(ConfigError, match=name):
+            load_model(str(folder), device="cpu", **{name: bad})
+    with pytest.raises(ConfigError, match="--text-velocity"):
+        load_model(str(without_velocity), device="cpu", **{name: 1.0})
+
+
 def test_motion_guidance_pushes_the_first_step_away_from_the_prompt_without_its_motion(quick_folder, tmp_path):
     folder, grown = _velocity_folder(quick_folder, tmp_path, 9)
     still = Denoiser(grown.cfg)  # the reference "no motion": the same net with a velocity head that reads 0
@@ -1266,16 +1280,7 @@ def test_motion_guidance_pushes_the_first_step_away_from_the_prompt_without_its_
     emb = plain.encode_prompt("a red ball moving right on a blue background")
     ga, gb = guided.generate_chunk(a, emb, ltc=False), plain.generate_chunk(b, emb, ltc=False)
     assert ga.model_calls == gb.model_calls == plain.steps and not np.array_equal(ga.frames, gb.frames)
-    # the folder's own setting, and refusals
-    meta = json.loads((folder / "ltc_model.json").read_text())
-    meta["sampling"] = {"motion_guidance": 1.5}
-    (folder / "ltc_model.json").write_text(json.dumps(meta))
-    assert load_model(str(folder), device="cpu").motion_guidance == 1.5
-    for bad in (-0.5, 8.5, float("nan")):
-        with pytest.raises(ConfigError, match="motion_guidance"):
-            load_model(str(folder), device="cpu", motion_guidance=bad)
-    with pytest.raises(ConfigError, match="--text-velocity"):
-        load_model(str(quick_folder[0]), device="cpu", motion_guidance=1.0)
+    _velocity_setting_is_read_and_checked(folder, quick_folder[0], "motion_guidance", 1.5, 8.5)
 
 
 def test_motion_projection_moves_the_first_estimate_along_the_prompt_and_leaves_still_prompts(quick_folder, tmp_path):
@@ -1305,16 +1310,7 @@ def test_motion_projection_moves_the_first_estimate_along_the_prompt_and_leaves_
             model.denoiser.velocity_head[2].weight.zero_()
             model.denoiser.velocity_head[2].bias.zero_()
         assert torch.equal(projected.denoiser_fn(tokens, None)(x, 1.0), plain.denoiser_fn(tokens, None)(x, 1.0))
-    # the folder's own setting, and refusals
-    meta = json.loads((folder / "ltc_model.json").read_text())
-    meta["sampling"] = {"motion_projection": 0.5}
-    (folder / "ltc_model.json").write_text(json.dumps(meta))
-    assert load_model(str(folder), device="cpu").motion_projection == 0.5
-    for bad in (-0.5, 1.5, float("nan")):
-        with pytest.raises(ConfigError, match="motion_projection"):
-            load_model(str(folder), device="cpu", motion_projection=bad)
-    with pytest.raises(ConfigError, match="--text-velocity"):
-        load_model(str(quick_folder[0]), device="cpu", motion_projection=1.0)
+    _velocity_setting_is_read_and_checked(folder, quick_folder[0], "motion_projection", 0.5, 1.5)
 
 
 @pytest.mark.skipif(not (PACKAGED / "student.safetensors").is_file(), reason="packaged weights not trained yet")
