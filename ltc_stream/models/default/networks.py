@@ -191,6 +191,7 @@ def motion_projection(x: torch.Tensor, velocity: torch.Tensor, alpha: float) -> 
     b, c, t, hh, ww = x.shape
     flat = x.transpose(1, 2).reshape(b * t, c, hh, ww)
     # a copy of the frame on every side, so moving by up to a frame wraps instead of letting zeros in
+    # (lags up to T - 1 frames: a whole frame at the velocity head's ceiling, 0.1, only past 11 frames)
     tiled = F.pad(flat, (ww, ww, hh, hh), mode="circular").view(b, 1, t, c, 3 * hh, 3 * ww)
     lag = torch.arange(t, device=x.device, dtype=x.dtype)
     lag = lag[:, None] - lag[None, :]  # [target t, source s]
