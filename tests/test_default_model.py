@@ -11,9 +11,9 @@ from safetensors.torch import load_file, save_file
 from ltc_stream.errors import ConfigError, ModelNotFoundError
 from ltc_stream.models import load_model
 from ltc_stream.models.default import PACKAGED
-from ltc_stream.models.default.model import PROJECTION_MIN_SPEED
 from ltc_stream.models.default.evaluate import (calibrate_model, check_fidelity, held_out_scenes, jump_from_true_context,
                                                 HELD_OUT_SEED, object_area, read_video, seam_changes)
+from ltc_stream.models.default.model import PROJECTION_MIN_SPEED
 from ltc_stream.models.default.networks import Autoencoder, Denoiser, NetConfig
 from ltc_stream.models.default.train import (LOG_STAGES, TrainConfig, _init_teacher_from, _resumable_stage,
                                               attribute_accuracy, denoiser_velocity, diffused_chunk, embed_captions,

@@ -253,8 +253,9 @@ class DefaultModel(VideoModel):
         colours = self.prompt_colours(tokens) if self.reader_guidance > 0 else None
         velocity = None
         if self.motion_projection > 0:
-            velocity = self.denoiser.grid_velocity(tokens, *self.latent_shape()[3:])
-            moving = self.denoiser.velocity(tokens).abs().amax(dim=1) >= PROJECTION_MIN_SPEED  # else a still prompt
+            features = self.denoiser.attribute_features(tokens)  # the prompt read once for both
+            velocity = self.denoiser.grid_velocity(tokens, *self.latent_shape()[3:], features)
+            moving = self.denoiser.velocity(tokens, features).abs().amax(dim=1) >= PROJECTION_MIN_SPEED  # else a still prompt
         anchor = weight = None
         if context is not None and self.seam_anchor > 0:
             frames = self.net.frames_per_chunk
