@@ -235,7 +235,7 @@ def _result(args, device, entries: list[dict[str, Any]]) -> dict[str, Any]:
         "torch": torch.__version__,
         "height": args.height, "width": args.width, "steps": args.steps,
         "chunks": args.chunks, "warmup": args.warmup,
-        "command": "ltc-stream bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else None,
+        "command": getattr(args, "command_line", None),
         "runs": entries,
         "lever_speedups": _shares(entries) if len(entries) > 1 else {},
     }

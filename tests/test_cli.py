@@ -113,6 +113,8 @@ def test_an_out_of_range_seam_anchor_is_one_clear_line(tmp_path, command):
 @pytest.mark.parametrize("args, message", [
     (("--guided-teacher", "30"), "--guided-teacher must be between 0 and 20, got 30.0"),
     (("--guided-teacher", "5", "--calibrate"), "it does not go with --guided-teacher"),
+    (("--guided-teacher", "5", "--fidelity-only"), "--fidelity-only measures the served student's streams"),
+    (("--no-ltc",), "--no-ltc goes with --fidelity-only"),
 ])
 def test_eval_default_refuses_bad_guided_teacher_settings_in_one_line(args, message):
     out = run_cli("eval-default", "--prompts", "1", *args)

@@ -472,6 +472,53 @@ def test_evaluate_from_a_later_prompt_judges_that_prompts_own_stream(quick_folde
     assert report["continuity"]["inside_change"] == pytest.approx(np.mean(seams["inside"]), abs=2e-3)
 
 
+def test_fidelity_only_judges_the_served_streams_as_the_full_report_does(quick_folder, tmp_path):
+    """`eval-default --fidelity-only`: the same LTC streams, checks and seeds as the full report,
+    without its other measurements; each row against a stream made here, and the whole against
+    `evaluate` on the same prompts."""
+    from ltc_stream.cli import main
+    from ltc_stream.models.default.evaluate import evaluate, evaluate_fidelity
+
+    folder = tmp_path / "m"
+    shutil.copytree(quick_folder[0], folder)
+    model = load_model(str(folder), device="cpu")
+    calibrate_model(model, n_prompts=4, tau=3.0)
+    lean = evaluate_fidelity(model, 3, chunks=2, first=2)
+    full = evaluate(model, n_prompts=3, chunks=2, speed_chunks=1, sizes=(64,), first=2)
+    assert lean["fidelity_only"] and "speed" not in lean and "fidelity_without_ltc" not in lean
+    assert lean["ltc"]["calibrated"] and lean["ltc"]["skipped_steps"] == full["ltc"]["skipped_steps"]
+    assert lean["fidelity"]["per_prompt"] == full["fidelity"]["per_prompt"]
+    assert {k: v for k, v in lean["fidelity"].items() if k != "examples"} == \
+        {k: v for k, v in full["fidelity"].items() if k != "examples"}
+    for key in ("boundary_change", "inside_change", "ratio", "ratio_ci95"):
+        assert lean["continuity"][key] == full["continuity"][key]
+    plain = evaluate_fidelity(model, 3, chunks=2, first=2, ltc=False)  # the full report's streams without LTC
+    assert not plain["ltc"]["on"] and plain["ltc"]["skipped_steps"] == []
+    assert plain["fidelity"]["accuracy"] == full["fidelity_without_ltc"]["accuracy"]
+    assert plain["fidelity"]["by_kind"] == full["fidelity_without_ltc"]["by_kind"]
+    seams = []  # what LTC changes on this quick model is the frames' own changes, not the colour names
+    for k, scene in enumerate(held_out_scenes(3, 2)):
+        state, emb = model.new_stream(1002 + k), model.encode_prompt(scene.caption)
+        video = np.concatenate([model.generate_chunk(state, emb, ltc=False).frames for _ in range(2)])
+        seams.append(seam_changes(video, model.frames_per_chunk))
+    assert plain["continuity"]["inside_change"] == pytest.approx(np.mean([v for x in seams for v in x["inside"]]), abs=2e-3)
+    assert plain["continuity"]["inside_change"] != lean["continuity"]["inside_change"]
+    for k, (scene, row) in enumerate(zip(held_out_scenes(3, 2), lean["fidelity"]["per_prompt"])):
+        state, emb = model.new_stream(1002 + k), model.encode_prompt(scene.caption)
+        video = np.concatenate([model.generate_chunk(state, emb, ltc=True).frames for _ in range(2)])
+        expected = check_fidelity(video[model.frames_per_chunk:], scene)
+        assert row["caption"] == scene.caption and row["checks"] == expected["checks"] and row["seen"] == expected["seen"]
+    out = tmp_path / "lean.json"  # the command line writes it, and pairs it against another report
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps(full))
+    assert main(["eval-default", "--model", str(folder), "--fidelity-only", "--prompts", "2", "--first-prompt", "2",
+                 "--against", str(earlier), "--output", str(out), "--json"]) == 0
+    written = json.loads(out.read_text())
+    assert written["fidelity"]["per_prompt"] == full["fidelity"]["per_prompt"][:2]
+    assert written["against"]["prompts"] == 2 and written["against"]["difference"] == 0.0
+    assert "--fidelity-only" in written["command"]
+
+
 def test_example_prompts_are_captions_of_the_world_the_model_learnt():
     from ltc_stream.models.default.model import DefaultModel
     from ltc_stream.models.default.world import SceneObject, caption

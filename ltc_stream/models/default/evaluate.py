@@ -118,22 +118,28 @@ def jump_from_true_context(model, scene, embedding: torch.Tensor, seed: int) -> 
     return {"jump": float(changes[0]), "inside": float(changes[1:].mean())}
 
 
-def continuity_report(seams: list[dict], truth: list[np.ndarray], from_truth: list[dict]) -> dict:
-    """`seam_changes` over the evaluated videos, with the scale a seamless model would show (the
-    scenes' own renders' change per frame) and `jump_from_true_context` beside them."""
+def seam_report(seams: list[dict]) -> dict:
+    """`seam_changes` over the evaluated videos: the mean change at chunk boundaries and inside
+    chunks, their ratio with a 95% interval from resampling prompts, and the boundary change with
+    each chunk's colour offset taken out."""
     mean = lambda key: float(np.mean([v for s in seams for v in s[key]]))  # noqa: E731
     boundary, inside = mean("boundary"), mean("inside")
     # every video has as many boundaries (and inside changes) as the next, so the ratio of means is
     # the ratio of the per-video means' sums, resampled by prompt for its interval
     per_video = lambda key: np.array([np.mean(s[key]) for s in seams], np.float64)  # noqa: E731
-    ratio_ci = _prompt_bootstrap(per_video("boundary"), per_video("inside"), 2000, 0)
+    return {"boundary_change": round(boundary, 3), "inside_change": round(inside, 3),
+            "ratio": round(boundary / max(1e-6, inside), 3),
+            "ratio_ci95": _prompt_bootstrap(per_video("boundary"), per_video("inside"), 2000, 0),
+            "boundary_change_colour_matched": round(mean("boundary_colour_matched"), 3),
+            "ratio_colour_matched": round(mean("boundary_colour_matched") / max(1e-6, inside), 3)}
+
+
+def continuity_report(seams: list[dict], truth: list[np.ndarray], from_truth: list[dict]) -> dict:
+    """`seam_report`, with the scale a seamless model would show (the scenes' own renders' change
+    per frame) and `jump_from_true_context` beside it."""
     jump = float(np.mean([j["jump"] for j in from_truth]))
     jump_inside = float(np.mean([j["inside"] for j in from_truth]))
-    return {"boundary_change": round(boundary, 3), "inside_change": round(inside, 3),
-            "ratio": round(boundary / max(1e-6, inside), 3), "ratio_ci95": ratio_ci,
-            "boundary_change_colour_matched": round(mean("boundary_colour_matched"), 3),
-            "ratio_colour_matched": round(mean("boundary_colour_matched") / max(1e-6, inside), 3),
-            "true_change": round(float(np.mean(np.concatenate(truth))), 3),
+    return {**seam_report(seams), "true_change": round(float(np.mean(np.concatenate(truth))), 3),
             "from_true_context": {"jump": round(jump, 3), "inside": round(jump_inside, 3),
                                   "ratio": round(jump / max(1e-6, jump_inside), 3)}}
 
@@ -278,11 +284,7 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
         seams.append(seam_changes(video, model.frames_per_chunk))
         truth.append(frame_change(render(scene, 0, len(video), video.shape[1], video.shape[2])))
         from_truth.append(jump_from_true_context(model, scene, emb, seed=seed))
-    checks = [v for r in rows for v in r["checks"].values()]
-    report["fidelity"] = {"accuracy": round(float(np.mean(checks)), 3), "checks": len(checks),
-                          "ci95": bootstrap_interval(rows), "by_kind": by_kind(rows), "prompts": n_prompts,
-                          "first_prompt": first, "object_area": object_area(rows), "examples": rows[:6],
-                          "per_prompt": [{"caption": r["caption"], "checks": r["checks"], "seen": r["seen"]} for r in rows]}
+    report["fidelity"] = fidelity_summary(rows, first)
     # the same checks on the streams sampled without LTC (same noise): what LTC costs in fidelity
     full_checks = [v for r in rows_full for v in r["checks"].values()]
     report["fidelity_without_ltc"] = {"accuracy": round(float(np.mean(full_checks)), 3), "ci95": bootstrap_interval(rows_full),
@@ -311,6 +313,38 @@ def evaluate(model, n_prompts: int = 20, chunks: int = 3, speed_chunks: int = 12
     report["speed"] = {"threads": torch.get_num_threads(), "by_size": speed,
                        "largest_size_streaming_16fps": max([e["size"] for e in speed if e["fps_ltc"] >= 16], default=None)}
     return report
+
+
+def fidelity_summary(rows: list[dict], first: int) -> dict:
+    """A report's `fidelity` entry from `check_fidelity` rows of held-out prompts `first` onwards."""
+    checks = [v for r in rows for v in r["checks"].values()]
+    return {"accuracy": round(float(np.mean(checks)), 3), "checks": len(checks),
+            "ci95": bootstrap_interval(rows), "by_kind": by_kind(rows), "prompts": len(rows),
+            "first_prompt": first, "object_area": object_area(rows), "examples": rows[:6],
+            "per_prompt": [{"caption": r["caption"], "checks": r["checks"], "seen": r["seen"]} for r in rows]}
+
+
+@torch.no_grad()
+def evaluate_fidelity(model, n_prompts: int, chunks: int = 3, first: int = 0, ltc: bool = True) -> dict:
+    """`evaluate`'s fidelity and continuity of the served streams alone (with LTC, as `serve`
+    samples them; the same streams, checks and seeds), without the streams sampled without LTC
+    or with one step fewer, the jump after a true context, the prompt changes, the text
+    sensitivity or the speed: about a quarter of the full report's time per prompt, so the
+    fidelity can be measured on enough prompts to tell a point apart (200 prompts give an
+    interval of about +-3.5 points). `ltc=False`: the same streams sampled without LTC (its
+    `fidelity_without_ltc`), so a paired comparison with the served ones says what LTC costs."""
+    rows, seams = [], []
+    for k, scene in enumerate(progress(held_out_scenes(n_prompts, first), n_prompts, "held-out prompts")):
+        state = model.new_stream(STREAM_SEED + first + k)
+        emb = model.encode_prompt(scene.caption)
+        video = np.concatenate([model.generate_chunk(state, emb, ltc=ltc).frames for _ in range(chunks)])
+        rows.append(check_fidelity(video[model.frames_per_chunk:], scene))  # judge after the first chunk settles
+        seams.append(seam_changes(video, model.frames_per_chunk))
+    used = ltc and model.ltc_weights is not None
+    return {"model": model.describe(), "fidelity_only": True, "fidelity": fidelity_summary(rows, first),
+            "continuity": seam_report(seams),
+            "ltc": {"on": ltc, "calibrated": model.ltc_weights is not None,
+                    "skipped_steps": model.ltc_weights.skipped_steps if used else []}}
 
 
 def by_kind(rows: list[dict]) -> dict:
@@ -477,6 +511,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 192, 256])
     parser.add_argument("--threads", type=int, default=2)
     add_sampling_arguments(parser)
+    parser.add_argument("--fidelity-only", action="store_true",
+                        help="only the served streams' fidelity (with LTC) and continuity, about a quarter of the "
+                             "full report's time per prompt: for measuring fidelity on many prompts")
+    parser.add_argument("--no-ltc", action="store_true",
+                        help="with --fidelity-only: the same streams sampled without LTC (pair the report with "
+                             "--against a run with LTC for what LTC costs in fidelity)")
     parser.add_argument("--guided-teacher", type=float, default=None, metavar="G",
                         help="instead of the full report: the fidelity of the model's teacher sampled as the "
                              "distillation targets are (guidance G against the empty prompt, --teacher-steps "
@@ -498,7 +538,11 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--first-prompt must be between 0 and 100000, got {args.first_prompt}")
     against = load_report_rows(args.against) if args.against else None  # fail before the long work
     torch.set_num_threads(args.threads)
+    if args.no_ltc and not args.fidelity_only:
+        raise ConfigError("--no-ltc goes with --fidelity-only (the full report measures the streams with and without LTC)")
     if args.guided_teacher is not None:
+        if args.fidelity_only:
+            raise ConfigError("--fidelity-only measures the served student's streams; it does not go with --guided-teacher")
         if not 0 <= args.guided_teacher <= 20:
             raise ConfigError(f"--guided-teacher must be between 0 and 20, got {args.guided_teacher}")
         if args.calibrate:
@@ -515,7 +559,10 @@ def main(args: argparse.Namespace) -> int:
             w = calibrate_model(model, tau=args.tau)
             print(f"LTC calibrated: skip {w.skipped_steps}, angles {[None if a is None else round(a, 3) for a in w.angles]}",
                   file=sys.stderr)
-        report = evaluate(model, n_prompts=args.prompts, sizes=tuple(args.sizes), first=args.first_prompt)
+        if args.fidelity_only:
+            report = evaluate_fidelity(model, args.prompts, first=args.first_prompt, ltc=not args.no_ltc)
+        else:
+            report = evaluate(model, n_prompts=args.prompts, sizes=tuple(args.sizes), first=args.first_prompt)
         rows = report["fidelity"]["per_prompt"]
     if against is not None:
         report["against"] = {"report": args.against, **paired_difference(against, rows)}
@@ -523,7 +570,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"fidelity against {args.against}: {d['before']:.1%} -> {d['after']:.1%} on {d['prompts']} prompts, "
               f"difference {d['difference']:+.1%} (95% interval {d['ci95'][0]:+.1%} to {d['ci95'][1]:+.1%})",
               file=sys.stderr)
-    report["command"] = "ltc-stream eval-default " + " ".join(sys.argv[2:])
+    report["command"] = getattr(args, "command_line", "ltc-stream eval-default " + " ".join(sys.argv[2:]))
     text = json.dumps(report)
     if args.output:
         with open(args.output, "w") as fh:
