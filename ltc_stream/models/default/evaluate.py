@@ -512,8 +512,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
     add_sampling_arguments(parser)
     parser.add_argument("--fidelity-only", action="store_true",
-                        help="only the served streams' fidelity (with LTC) and continuity, about a quarter of the "
-                             "full report's time per prompt: for measuring fidelity on many prompts")
+                        help="only the served streams' fidelity (with LTC where the folder is calibrated for it) and "
+                             "continuity, about a quarter of the full report's time per prompt: for measuring "
+                             "fidelity on many prompts")
     parser.add_argument("--no-ltc", action="store_true",
                         help="with --fidelity-only: the same streams sampled without LTC (pair the report with "
                              "--against a run with LTC for what LTC costs in fidelity)")
