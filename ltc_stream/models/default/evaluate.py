@@ -505,7 +505,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=int, default=20, help="held-out prompts for the fidelity check")
     parser.add_argument("--first-prompt", type=int, default=0, metavar="K",
                         help="start at held-out prompt K (default 0): choose settings on one stretch of the "
-                             "sequence (the model card's: 200-499) and report on another (0-199)")
+                             "sequence and report on another (the model card's report: 0-199; its goal's test, "
+                             "with --fidelity-only: 3600-4599)")
     parser.add_argument("--calibrate", action="store_true", help="measure LTC weights first and save them with the model")
     parser.add_argument("--tau", type=float, default=0.1, help="LTC angle threshold for --calibrate (radians)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 192, 256])
