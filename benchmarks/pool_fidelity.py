@@ -27,6 +27,13 @@ def load_stretch(spec: str) -> tuple[int, list[dict]]:
     return int(data["fidelity"].get("first_prompt", 0)), data["fidelity"]["per_prompt"]
 
 
+def summary(rows: list[dict]) -> dict:
+    """Prompts, checks, share of checks passed with its 95% interval, and the share by kind of check."""
+    checks = [v for r in rows for v in r["checks"].values()]
+    return {"prompts": len(rows), "checks": len(checks), "accuracy": round(sum(checks) / len(checks), 4),
+            "ci95": bootstrap_interval(rows), "by_kind": by_kind(rows)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", metavar="REPORT[:KEY]")
@@ -45,15 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"pool_fidelity: {spec}: prompt {first} onwards are not the held-out prompts "
                       f"({row['caption']!r} against {scene.caption!r})", file=sys.stderr)
                 return 2
-        checks = [v for r in part for v in r["checks"].values()]
-        stretches.append({"source": spec, "first": first, "prompts": len(part), "checks": len(checks),
-                          "accuracy": round(sum(checks) / len(checks), 4), "ci95": bootstrap_interval(part),
-                          "by_kind": by_kind(part)})
+        stretches.append({"source": spec, "first": first, **summary(part)})
         rows += part
-    checks = [v for r in rows for v in r["checks"].values()]
-    out = {"stretches": stretches,
-           "pooled": {"prompts": len(rows), "checks": len(checks), "accuracy": round(sum(checks) / len(checks), 4),
-                      "ci95": bootstrap_interval(rows), "by_kind": by_kind(rows)},
+    out = {"stretches": stretches, "pooled": summary(rows),
            "command": "python3 benchmarks/pool_fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     text = json.dumps(out, indent=1)
     if args.output:
