@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 from ltc_stream.models.default.evaluate import bootstrap_interval, by_kind, held_out_scenes
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         stretches.append({"source": spec, "first": first, **summary(part)})
         rows += part
     out = {"stretches": stretches, "pooled": summary(rows),
-           "command": "python3 benchmarks/pool_fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+           "command": shlex.join(["python3", "benchmarks/pool_fidelity.py", *(argv if argv is not None else sys.argv[1:])])}
     text = json.dumps(out, indent=1)
     if args.output:
         with open(args.output, "w") as fh:

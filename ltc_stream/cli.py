@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 from .errors import LTCStreamError
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"ltc-stream {name}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    args.command_line = f"ltc-stream {name} " + " ".join(rest)  # as given, for the reports that record their command
+    args.command_line = shlex.join(["ltc-stream", name, *rest])  # as given, for the reports that record their command
     try:
         return int(module.main(args) or 0)
     except LTCStreamError as exc:
