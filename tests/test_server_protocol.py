@@ -91,6 +91,7 @@ def test_http_endpoints(colour_model):
             assert "<video" in page and "/app.js" in page
             js = await asyncio.to_thread(lambda: fetch("/app.js").read().decode())
             assert "RTCPeerConnection" in js
+            assert await asyncio.to_thread(lambda: fetch("/healthz").read()) == b"ok\n"
             health = json.loads(await asyncio.to_thread(lambda: fetch("/health").read()))
             assert health["status"] == "ok" and health["model"]["name"] == "colour-test-model"
             assert health["viewers"] == 0 and health["ltc"] is True

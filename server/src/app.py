@@ -204,6 +204,8 @@ class StreamServer:
             name = STATIC[path]
             body = resources.files("ltc_stream.client_web").joinpath(name).read_bytes()
             return _response(200, body, CONTENT_TYPES[os.path.splitext(name)[1]])
+        if path == "/healthz":  # liveness, for load balancers and CI: answers once the model is loaded
+            return _response(200, b"ok\n", "text/plain; charset=utf-8")
         if path == "/health":
             return _response(200, json.dumps(self.health()).encode(), "application/json")
         if path == "/metrics":
