@@ -120,3 +120,22 @@ def test_eval_default_refuses_bad_guided_teacher_settings_in_one_line(args, mess
     out = run_cli("eval-default", "--prompts", "1", *args)
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_model_options_are_validated_against_the_declared_ones():
+    from ltc_stream.models.base import ModelOption, parse_model_options, split_option
+
+    declared = {"guidance": ModelOption(float, 0.2, "step size", minimum=0.0, maximum=2.0),
+                "sampler": ModelOption(str, "renoise", "sampler", choices=("renoise", "euler")),
+                "ema_sink": ModelOption(bool, True, "sink by EMA")}
+    assert parse_model_options(declared, {"guidance": "0.5", "ema_sink": "off"}, "m") == {"guidance": 0.5,
+                                                                                         "ema_sink": False}
+    for given, message in [({"nope": "1"}, "unknown model option.*nope.*declared: ema_sink, guidance, sampler"),
+                           ({"guidance": "x"}, "is not a float"), ({"guidance": "3"}, "above its maximum"),
+                           ({"guidance": "nan"}, "NaN"), ({"sampler": "ddim"}, "choose from renoise, euler"),
+                           ({"ema_sink": "maybe"}, "is not a bool")]:
+        with pytest.raises(ConfigError, match=message):
+            parse_model_options(declared, given, "m")
+    assert split_option("a = b=c") == ("a", "b=c")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        split_option("novalue")

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import ConfigError
+
 
 @dataclass
 class ChunkResult:
@@ -88,3 +90,56 @@ class VideoModel(ABC):
             "device": str(self.device),
             "example_prompts": list(self.example_prompts),
         }
+
+
+@dataclass(frozen=True)
+class ModelOption:
+    """A setting one model family declares. The model folder's config gives its value; an operator
+    overrides it for an experiment with `--model-option KEY=VALUE` (serve, render, bench)."""
+
+    type: type  # int, float, str or bool
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def parse(self, key: str, value: Any) -> Any:
+        """`value` (a command-line string, or already typed) as this option's type; ConfigError if it
+        is not one or is out of range."""
+        try:
+            if self.type is bool and isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                parsed = value.lower() in ("1", "true", "yes", "on")
+            else:
+                parsed = self.type(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"model option {key}={value!r} is not a {self.type.__name__}") from None
+        if self.type is float and parsed != parsed:
+            raise ConfigError(f"model option {key} is NaN")
+        if self.choices is not None and parsed not in self.choices:
+            raise ConfigError(f"model option {key}={parsed!r}: choose from {', '.join(map(str, self.choices))}")
+        if self.minimum is not None and parsed < self.minimum:
+            raise ConfigError(f"model option {key}={parsed} is below its minimum {self.minimum}")
+        if self.maximum is not None and parsed > self.maximum:
+            raise ConfigError(f"model option {key}={parsed} is above its maximum {self.maximum}")
+        return parsed
+
+
+def parse_model_options(declared: dict[str, ModelOption], given: dict[str, Any], model: str) -> dict[str, Any]:
+    """Validate `given` (KEY -> value) against a family's `declared` options: unknown keys and bad
+    values are one ConfigError naming what is allowed. Returns only the given keys, typed."""
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        allowed = ", ".join(sorted(declared)) or "none"
+        raise ConfigError(f"unknown model option(s) for {model}: {', '.join(unknown)} (declared: {allowed})")
+    return {key: declared[key].parse(key, value) for key, value in given.items()}
+
+
+def split_option(text: str) -> tuple[str, str]:
+    """`KEY=VALUE` from the command line -> (KEY, VALUE)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--model-option wants KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
