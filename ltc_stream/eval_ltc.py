@@ -9,7 +9,8 @@ on the clean predictions, followed by the same fresh re-noise; `ltc.sample_renoi
 `--sweep` measures the calls-versus-PSNR curve: LTC calibrated at a range of `tau` x `max_skips`
 (and, for schedules of at most `FIXED_SKIP_STEPS` steps, every single-step skip and the reference
 code's fixed interval), each distinct set of skipped steps once. `ltc_curve` computes such a curve
-for any denoiser and schedule and `print_curve` prints it; `ltc-stream calibrate` uses the same two.
+for any denoiser and schedule, `print_curve` prints it and `choose_config` picks the setting of its
+best point at a number of calls; `ltc-stream calibrate` uses the same three.
 
 Calibration and evaluation use different noise (calibrating on the evaluated samples would flatter
 LTC). PSNR is against the full-step output of the same sampler from the same noise.
@@ -149,6 +150,8 @@ def ltc_curve(
             reused, _ = run_sampler(sampler, den, x_eval, sig, noises_eval, reuse_weights(weights))
             points[skipped] = {
                 "calls": info.nfe, "skipped": list(skipped), "settings": [_setting(cfg)],
+                "config": {"tau": cfg.tau, "max_skips": cfg.max_skips,
+                           "interval": list(cfg.interval) if cfg.interval else None},
                 "w_g": [round(weights.w_g[i], 4) for i in skipped],
                 "psnr_ltc": round(psnr(out, full), 2), "psnr_reuse": round(psnr(reused, full), 2),
             }
@@ -166,6 +169,19 @@ def ltc_curve(
         "ltc": sorted(points.values(), key=lambda p: (-p["calls"], p["skipped"])),
         "respaced": respaced, "model_calls_made": den.calls,
     }
+
+
+def choose_config(curve: dict, calls: int | None = None) -> LTCConfig:
+    """The LTCConfig of the curve's best point (highest LTC PSNR) at `calls` model calls (default:
+    one step skipped), for a model folder to store as its choice."""
+    calls = curve["steps"] - 1 if calls is None else calls
+    points = [p for p in curve["ltc"] if p["calls"] == calls]
+    if not points:
+        raise ConfigError(f"the curve has no LTC point at {calls} calls (it has "
+                          f"{sorted({p['calls'] for p in curve['ltc']})})")
+    best = max(points, key=lambda p: p["psnr_ltc"])["config"]
+    return LTCConfig(tau=best["tau"], max_skips=best["max_skips"],
+                     interval=tuple(best["interval"]) if best["interval"] else None)
 
 
 def print_curve(curve: dict, file=None) -> None:

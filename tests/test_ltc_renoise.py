@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ltc_stream.errors import CalibrationMismatchError, ConfigError
-from ltc_stream.eval_ltc import linear_sigmas, ltc_curve, print_curve, reuse_weights
+from ltc_stream.eval_ltc import choose_config, linear_sigmas, ltc_curve, print_curve, reuse_weights
 from ltc_stream.ltc import (LTCConfig, calibrate, calibrate_renoise, prediction_step_ratio, psnr, sample,
                             sample_renoise)
 from ltc_stream.oracle import GaussianMixtureOracle
@@ -175,3 +175,15 @@ def test_eval_ltc_sweep_command_records_itself():
     bad = subprocess.run([sys.executable, "-m", "ltc_stream", "eval-ltc", "--model", "oracle", "--steps", "1"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_choose_config_reproduces_the_best_point(oracle):
+    sigmas = linear_sigmas(4)
+    x_cal, x_eval = oracle.noise(8, 1), oracle.noise(8, 2)
+    curve = ltc_curve(oracle, sigmas, x_cal, x_eval, sampler="renoise", noises_cal=noises(3, 3, x_cal.shape),
+                      noises_eval=noises(3, 4, x_eval.shape))
+    cfg = choose_config(curve)
+    best = max(curve["ltc"], key=lambda p: p["psnr_ltc"] if p["calls"] == 3 else -1)
+    assert calibrate_renoise(oracle, x_cal, sigmas, noises(3, 3, x_cal.shape), cfg).skipped_steps == best["skipped"]
+    with pytest.raises(ConfigError, match="no LTC point at 1 calls"):
+        choose_config(curve, calls=1)
