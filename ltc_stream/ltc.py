@@ -55,6 +55,14 @@ class LTCConfig:
     max_skips: optional cap on the number of skipped steps (None = no cap). With a cap, the
         skipped steps are the smallest angles below tau measured on a full-step pass first
         (one extra sampling run during calibration), not the first ones met.
+
+    The default tau 0.1 comes from the calls-versus-PSNR curves (`ltc-stream eval-ltc --sweep`,
+    benchmarks/results/ltc-sweep-{oracle,default}.json): it is the largest tau of the sweep whose
+    skips stay above 50 dB against the full run on both the oracle at 12 steps (9 calls, 51.5 dB;
+    a genuine 9-step schedule 33.6 dB) and the built-in four-step model (3 calls, 52.7 dB; genuine
+    3 steps 49.3 dB); tau 0.15 takes the oracle to 8 calls at 47.5 dB. Under the re-noise sampler
+    the predictions' angles are 1-2 rad, so no tau rule applies there: choose the skip from the
+    curve (`interval=(i, i + 1)` skips step i).
     """
 
     tau: float = 0.1
