@@ -311,6 +311,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    for name in ("samples", "prompts", "seeds"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.steps and not all(2 <= s <= 100 for s in args.steps):
+        raise ConfigError(f"--steps must be between 2 and 100 for a sweep, got {args.steps}")
     if args.model == "oracle":
         setups = [oracle_setup(s, args.samples, args.seed) for s in (args.steps or [12])]
     else:
