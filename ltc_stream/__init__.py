@@ -3,10 +3,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .ltc import LTCConfig, LTCWeights, OnlineLTC, SampleInfo, calibrate, make_key, psnr, sample  # noqa: E402
+from .ltc import (LTCConfig, LTCWeights, OnlineLTC, SampleInfo, calibrate, calibrate_renoise, make_key,  # noqa: E402
+                  psnr, sample, sample_renoise)
 
-__all__ = ["LTCConfig", "LTCWeights", "OnlineLTC", "SampleInfo", "apply_ltc_accel", "calibrate", "make_key", "psnr",
-           "remove_ltc_accel", "sample"]
+__all__ = ["LTCConfig", "LTCWeights", "OnlineLTC", "SampleInfo", "apply_ltc_accel", "calibrate", "calibrate_renoise",
+           "make_key", "psnr", "remove_ltc_accel", "sample", "sample_renoise"]
 
 
 def __getattr__(name: str):

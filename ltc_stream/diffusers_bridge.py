@@ -9,12 +9,17 @@ steps with m*, so it lands exactly on the estimate and its multistep history (DP
 UniPC) holds the output that estimate implies, instead of the stale one the reference code
 leaves behind when it only advances `_step_index`.
 
-Hook: `apply_ltc_accel(pipe, weights)` wraps the pipeline's denoiser (`transformer` or `unet`)
-and its scheduler's `step`: on a skipped step the denoiser returns m* for the whole batch
-(classifier-free guidance then combines m* with itself, so the guided batch is skipped whole)
-and no model runs. `apply_ltc_accel(pipe, calibrate=LTCConfig())` instead records one run:
+Hook: `apply_ltc_accel(pipe, weights)` registers `LTCAccelHook` in the denoiser's diffusers
+`HookRegistry` (the `transformer` or `unet`, under the name "ltc_accel"), the way diffusers' own
+caches (`apply_first_block_cache`) attach, so it composes with other hooks (offloading, caching) in
+registration order and `hook.remove()` takes out only itself. On a skipped step the hook returns
+m* for the whole batch without calling the layers below it (classifier-free guidance then combines
+m* with itself, so the guided batch is skipped whole). Schedulers are not modules and have no hook
+registry: the hook observes the samples through a thin wrapper on the scheduler instance's `step`
+and `set_timesteps`, restored on removal (or turned into a pass-through if something wrapped the
+scheduler after it). `apply_ltc_accel(pipe, calibrate=LTCConfig())` instead records one run:
 every step calls the model, angles and closed-form w_g are measured along the accelerated
-trajectory, and `hook.weights` holds the result. `hook.remove()` restores the pipeline.
+trajectory, and `hook.calibrated` holds the result.
 Schedulers that add fresh noise inside `step` (ancestral, SDE variants) are not affine in m
 alone and are refused.
 """
@@ -26,6 +31,8 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import HookFunctionReference
 
 from .errors import ConfigError
 from .ltc import LTCConfig, LTCWeights, _may_skip, ltc_estimate, make_key, step_ratio, transition_stats
@@ -97,30 +104,83 @@ class _Record:
     reason: str = ""
 
 
-class LTCAccelHook:
-    """Installed by `apply_ltc_accel`; counts real model calls per run in `model_calls`."""
+HOOK_NAME = "ltc_accel"
 
-    def __init__(self, pipe_or_model, weights: LTCWeights | None = None, calibrate: LTCConfig | None = None,
-                 scheduler=None):
+
+class _SkippingHookRef(HookFunctionReference):
+    """The hook chain's reference for a hook that may skip the call below it (has `new_forward`).
+
+    When a hook registered before this one is removed, diffusers' `HookRegistry.remove_hook`
+    (0.42.1) re-points the next hook's `forward`, which for a `new_forward` hook is that hook itself:
+    LTC would silently drop out of the chain and keep calling the removed hook through
+    `original_forward`. Here that assignment re-points the call below instead."""
+
+    @property
+    def forward(self):
+        return self._own_forward
+
+    @forward.setter
+    def forward(self, below):
+        self.original_forward = below
+
+
+def _make_skipping_ref(ref: HookFunctionReference) -> None:
+    own = ref.__dict__.pop("forward")
+    ref.__class__ = _SkippingHookRef
+    ref._own_forward = own
+
+
+class LTCAccelHook(ModelHook):
+    """Registered by `apply_ltc_accel` in the denoiser's `HookRegistry`; counts the model calls it
+    let through per run in `model_calls`."""
+
+    _is_stateful = True
+
+    def __init__(self, scheduler, weights: LTCWeights | None = None, calibrate: LTCConfig | None = None):
+        super().__init__()
         if (weights is None) == (calibrate is None):
             raise ConfigError("apply_ltc_accel needs either weights (to accelerate) or calibrate=LTCConfig() (to measure)")
-        self.model = _denoiser_module(pipe_or_model)
-        self.scheduler = scheduler or getattr(pipe_or_model, "scheduler", None)
-        if self.scheduler is None:
-            raise ConfigError("apply_ltc_accel on a bare model needs scheduler=...: LTC steers the scheduler's inputs")
-        check_scheduler(self.scheduler)
-        self.weights = weights
-        self.cfg = calibrate
+        check_scheduler(scheduler)
         if calibrate is not None:
             calibrate.validate()
-        self.model_calls = 0
-        self._orig_forward = self.model.forward
-        self._orig_step = self.scheduler.step
-        self._orig_set_timesteps = self.scheduler.set_timesteps
-        self.model.forward = self._forward
-        self.scheduler.step = self._step
-        self.scheduler.set_timesteps = self._set_timesteps
+        self.scheduler = scheduler
+        self.weights = weights
+        self.cfg = calibrate
+        self.module: torch.nn.Module | None = None
+        self._scheduler_wrappers: dict[str, tuple] = {}
         self._reset()
+
+    # --- attaching and detaching ---------------------------------------------------------------
+    def attach(self, module: torch.nn.Module) -> "LTCAccelHook":
+        registry = HookRegistry.check_if_exists_or_initialize(module)
+        if registry.get_hook(HOOK_NAME) is not None:
+            raise ConfigError("LTC-Accel is already applied to this model: remove the first hook before applying another")
+        registry.register_hook(self, HOOK_NAME)
+        _make_skipping_ref(self.fn_ref)
+        self.module = module
+        for name, wrapper in (("step", self._step), ("set_timesteps", self._set_timesteps)):
+            previous = self.scheduler.__dict__.get(name)  # another wrapper on the instance, or None
+            self._scheduler_wrappers[name] = (wrapper, previous, getattr(self.scheduler, name))
+            setattr(self.scheduler, name, wrapper)
+        return self
+
+    def remove(self) -> None:
+        """Take LTC out: the model's other hooks stay as they are; the scheduler gets back what it had."""
+        if self.module is not None:
+            HookRegistry.check_if_exists_or_initialize(self.module).remove_hook(HOOK_NAME, recurse=False)
+            self.module = None
+        for name, (wrapper, previous, _) in self._scheduler_wrappers.items():
+            if self.scheduler.__dict__.get(name) is wrapper:
+                if previous is None:
+                    delattr(self.scheduler, name)
+                else:
+                    setattr(self.scheduler, name, previous)
+            # else something wrapped the scheduler after us: our wrapper stays, as a pass-through
+        self.weights = self.cfg = None
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self._reset()
+        return module
 
     # --- bookkeeping per run -----------------------------------------------------------------
     def _reset(self) -> None:
@@ -133,54 +193,59 @@ class LTCAccelHook:
         self._pending: torch.Tensor | None = None
         self.model_calls = 0
 
+    def _inner(self, name: str):
+        """The scheduler's method as it was before this hook wrapped it."""
+        return self._scheduler_wrappers[name][2]
+
     def _set_timesteps(self, *args, **kwargs):
-        result = self._orig_set_timesteps(*args, **kwargs)
+        result = self._inner("set_timesteps")(*args, **kwargs)
         self._reset()
         self.sigmas = scheduler_sigmas(self.scheduler)
         if self.weights is not None:
             self.weights.check_sigmas(self.sigmas)
         return result
 
-    def remove(self) -> None:
-        for obj, name in ((self.model, "forward"), (self.scheduler, "step"), (self.scheduler, "set_timesteps")):
-            if name in obj.__dict__:
-                delattr(obj, name)
-
-    # --- the wrapped calls ---------------------------------------------------------------------
+    # --- the model call ------------------------------------------------------------------------
     def _skipping_now(self) -> bool:
         return self.weights is not None and self.index < self.weights.steps and self.weights.skip[self.index]
 
-    def _forward(self, *args, **kwargs):
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         if not self._skipping_now():
             self.model_calls += 1
-            return self._orig_forward(*args, **kwargs)
-        if self._pending is None:
-            target = ltc_estimate(self.cur_sample, self.prev_sample, self.weights.coefficient(self.index))
-            timestep = self.scheduler.timesteps[self.index]
-            self._pending = model_output_for_target(self.scheduler, target, timestep, self.cur_sample)
-        out = self._pending
-        hidden = args[0] if args else next(iter(kwargs.values()))
-        out = _match_batch(out, hidden, getattr(getattr(self.model, "config", None), "out_channels", None))
+            return self.fn_ref.original_forward(*args, **kwargs)
+        hidden = kwargs.get("hidden_states", kwargs.get("sample", args[0] if args else None))
+        out = _match_batch(self._model_output_for_estimate(), hidden, getattr(getattr(module, "config", None), "out_channels", None))
         if kwargs.get("return_dict", True) is False:
             return (out,)
         return SimpleNamespace(sample=out)
 
+    def _model_output_for_estimate(self) -> torch.Tensor:
+        """m* for the current skipped step, computed once per step (a guided pipeline may call twice)."""
+        if self._pending is None:
+            target = ltc_estimate(self.cur_sample, self.prev_sample, self.weights.coefficient(self.index))
+            timestep = self.scheduler.timesteps[self.index]
+            self._pending = model_output_for_target(self.scheduler, target, timestep, self.cur_sample)
+        return self._pending
+
+    # --- the scheduler step --------------------------------------------------------------------
     def _step(self, model_output, timestep, sample, *args, **kwargs):
+        if self.weights is None and self.cfg is None:  # removed while wrapped by someone else
+            return self._inner("step")(model_output, timestep, sample, *args, **kwargs)
         if self.cur_sample is None:
             self.cur_sample = sample
         if self.cfg is not None:
             return self._calibration_step(model_output, timestep, sample, *args, **kwargs)
         if self._skipping_now():
-            model_output = self._pending  # exactly m*, whatever the pipeline did with the batch copy
+            model_output = self._model_output_for_estimate()  # exactly m*, whatever the pipeline did with the batch copy
             self._pending = None
-        out = self._orig_step(model_output, timestep, sample, *args, **kwargs)
+        out = self._inner("step")(model_output, timestep, sample, *args, **kwargs)
         self._advance(sample, _prev_sample(out))
         return out
 
     def _calibration_step(self, model_output, timestep, sample, *args, **kwargs):
         i = self.index
         before = _state_copy(self.scheduler)
-        out = self._orig_step(model_output, timestep, sample, *args, **kwargs)
+        out = self._inner("step")(model_output, timestep, sample, *args, **kwargs)
         rec = _Record()
         if i >= 1:
             rec.gamma = step_ratio(self.sigmas, i)
@@ -192,7 +257,7 @@ class LTCAccelHook:
             target = ltc_estimate(sample, self.prev_sample, rec.w * rec.gamma)
             m_star = model_output_for_target(before, target, timestep, sample)
             self.scheduler.__dict__.update(before.__dict__)
-            out = self._orig_step(m_star, timestep, sample, *args, **kwargs)
+            out = self._inner("step")(m_star, timestep, sample, *args, **kwargs)
         self.records.append(rec)
         self._advance(sample, _prev_sample(out))
         if self.index == len(self.sigmas) - 1:
@@ -251,12 +316,22 @@ def apply_ltc_accel(pipe_or_model, weights: LTCWeights | None = None, *, calibra
     """Turn LTC-Accel on for a stock diffusers pipeline (or a transformer/unet plus `scheduler=`).
 
     With `weights`, steps they mark are estimated, not computed. With `calibrate=LTCConfig(...)`,
-    the next pipeline run measures the weights (`hook.calibrated`). Call `hook.remove()` to undo."""
-    return LTCAccelHook(pipe_or_model, weights=weights, calibrate=calibrate, scheduler=scheduler)
+    the next pipeline run measures the weights (`hook.calibrated`). Call `hook.remove()` (or
+    `remove_ltc_accel(pipe)`) to undo."""
+    model = _denoiser_module(pipe_or_model)
+    scheduler = scheduler or getattr(pipe_or_model, "scheduler", None)
+    if scheduler is None:
+        raise ConfigError("apply_ltc_accel on a bare model needs scheduler=...: LTC steers the scheduler's inputs")
+    return LTCAccelHook(scheduler, weights=weights, calibrate=calibrate).attach(model)
 
 
-def remove_ltc_accel(hook: LTCAccelHook) -> None:
-    hook.remove()
+def remove_ltc_accel(pipe_or_model) -> None:
+    """Remove the LTC hook from a pipeline's denoiser (or a model); a no-op where none is applied."""
+    model = _denoiser_module(pipe_or_model)
+    registry = getattr(model, "_diffusers_hook", None)
+    hook = registry.get_hook(HOOK_NAME) if registry is not None else None
+    if hook is not None:
+        hook.remove()
 
 
 __all__ = ["apply_ltc_accel", "remove_ltc_accel", "model_output_for_target", "scheduler_sigmas", "LTCAccelHook"]

@@ -13,6 +13,13 @@ w_i is the least-squares solution <D_i, D_{i-1}> / (gamma_i ||D_{i-1}||^2), comp
 calibration run that follows the accelerated trajectory. A step may be skipped only where the
 measured angle between D_i and D_{i-1} is below `tau`, never at step 0 and never right after
 another skip (the estimate needs a real transition behind it).
+
+Under the re-noise sampler of the published few-step video models (Self-Forcing, CausVid:
+x0_i = D(x_i, sigma_i), then x_{i+1} = (1 - sigma_{i+1}) x0_i + sigma_{i+1} eps with fresh eps) the
+states carry fresh noise and are not coherent; what the sampler consumes is the clean prediction,
+so there the estimate is made on the predictions and then re-noised with the same fresh noise:
+    x0_i* = x0_{i-1} + w_i gamma_i (x0_{i-1} - x0_{i-2}),  gamma_i = (sigma_{i-1} - sigma_i) / (sigma_{i-2} - sigma_{i-1})
+(`sample_renoise`, `calibrate_renoise`); "reuse the previous prediction" is w = 0 there.
 """
 from __future__ import annotations
 
@@ -48,6 +55,14 @@ class LTCConfig:
     max_skips: optional cap on the number of skipped steps (None = no cap). With a cap, the
         skipped steps are the smallest angles below tau measured on a full-step pass first
         (one extra sampling run during calibration), not the first ones met.
+
+    The default tau 0.1 comes from the calls-versus-PSNR curves (`ltc-stream eval-ltc --sweep`,
+    benchmarks/results/ltc-sweep-{oracle,default}.json): it is the largest tau of the sweep whose
+    skips stay above 50 dB against the full run on both the oracle at 12 steps (9 calls, 51.5 dB;
+    a genuine 9-step schedule 33.6 dB) and the built-in four-step model (3 calls, 52.7 dB; genuine
+    3 steps 49.3 dB); tau 0.15 takes the oracle to 8 calls at 47.5 dB. Under the re-noise sampler
+    the predictions' angles are 1-2 rad, so no tau rule applies there: choose the skip from the
+    curve (`interval=(i, i + 1)` skips step i).
     """
 
     tau: float = 0.1
@@ -89,6 +104,9 @@ class LTCWeights:
     bias: float = 0.0
     key: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    # which sampler the estimates are for: "euler" (on the states x_i) or "renoise" (on the
+    # predictions x0_i); weights for one are meaningless for the other
+    sampler: str = "euler"
 
     @property
     def steps(self) -> int:
@@ -144,6 +162,11 @@ class LTCWeights:
         diffs = [f"{k}: calibrated for {stored.get(k, '<missing>')!r}, running {v!r}" for k, v in wanted.items() if stored.get(k) != v]
         if diffs:
             raise CalibrationMismatchError("LTC weights do not match this run (recalibrate): " + "; ".join(diffs))
+
+    def check_sampler(self, sampler: str) -> None:
+        if self.sampler != sampler:
+            raise CalibrationMismatchError(f"LTC weights were calibrated for the {self.sampler} sampler, this run uses "
+                                           f"the {sampler} sampler (recalibrate)")
 
     def check_sigmas(self, sigmas: list[float]) -> None:
         if len(sigmas) != len(self.sigmas) or any(abs(a - b) > 1e-6 for a, b in zip(sigmas, self.sigmas)):
@@ -255,6 +278,7 @@ def sample(
     """
     sig = check_sigmas(sigmas)
     if weights is not None:
+        weights.check_sampler("euler")
         weights.check_sigmas(sig)
     _check_input(x_T)
     x, x_prev = x_T, None
@@ -294,15 +318,19 @@ def _may_skip(i: int, cfg: LTCConfig, angle: float | None, last_skip: int, n_ski
     return False, f"angle {angle:.3f} >= tau {cfg.tau}"
 
 
-def _plan_capped_skips(denoiser: Denoiser, x_T: torch.Tensor, sig: torch.Tensor, cfg: LTCConfig) -> dict[int, str]:
-    """With `max_skips` set: which steps to skip, chosen on the full-step trajectory as the
-    smallest adjacent-transition angles below tau (at most `max_skips`, `period` apart), rather
-    than the first ones the accelerated pass meets. Returns {step: reason} for every step i >= 1."""
+def _euler_full_step_angles(denoiser: Denoiser, x_T: torch.Tensor, sig: list[float]) -> dict[int, float]:
+    """Adjacent-transition angle of every step i >= 1 on the full-step Euler trajectory."""
     _, info = sample(denoiser, x_T, sig, record=True)
     traj = info.trajectory
-    n = len(sig) - 1
-    full_angles = {i: transition_stats(traj[i + 1] - traj[i], traj[i] - traj[i - 1], step_ratio(sig, i))[0]
-                   for i in range(1, n)}
+    return {i: transition_stats(traj[i + 1] - traj[i], traj[i] - traj[i - 1], step_ratio(sig, i))[0]
+            for i in range(1, len(sig) - 1)}
+
+
+def _plan_capped_skips(full_angles: dict[int, float], cfg: LTCConfig) -> dict[int, str]:
+    """With `max_skips` set: which steps to skip, chosen on the full-step trajectory as the
+    smallest adjacent-transition angles below tau (at most `max_skips`, `period` apart), rather
+    than the first ones the accelerated pass meets. Returns {step: reason} for every step that
+    has an angle."""
     chosen: list[int] = []
     plan: dict[int, str] = {}
     for i in sorted(full_angles, key=full_angles.get):
@@ -342,7 +370,8 @@ def calibrate(
     x, x_prev = x_T, None
     last_skip, n_skips = -cfg.period, 0
     with torch.no_grad():
-        plan = _plan_capped_skips(denoiser, x_T, sig, cfg) if cfg.max_skips and cfg.interval is None else None
+        plan = (_plan_capped_skips(_euler_full_step_angles(denoiser, x_T, sig), cfg)
+                if cfg.max_skips and cfg.interval is None else None)
         for i in range(n):
             x_true = euler_step(x, denoiser(x, sig[i]), sig[i], sig[i + 1])
             if i >= 1:
@@ -373,20 +402,23 @@ def calibrate(
 
 
 def fit_bias(denoiser: Denoiser, x_T: torch.Tensor, weights: LTCWeights, *, lo: float = -0.5, hi: float = 0.5,
-             iters: int = 12, full: torch.Tensor | None = None) -> float:
+             iters: int = 12, full: torch.Tensor | None = None, run: Callable[[LTCWeights | None], torch.Tensor] | None = None) -> float:
     """Global bias b on all w_g maximising PSNR(LTC output, full-step output), by bisection on the
-    sign of dPSNR/db (central differences). Returns 0 when no skip is scheduled."""
+    sign of dPSNR/db (central differences). Returns 0 when no skip is scheduled. `run(weights)`
+    samples x_T with those weights (None: every step); default the Euler sampler."""
     if not weights.skipped_steps:
         return 0.0
+    if run is None:
+        def run(w: LTCWeights | None) -> torch.Tensor:
+            return sample(denoiser, x_T, weights.sigmas, w)[0]
     with torch.no_grad():
         if full is None:
-            full, _ = sample(denoiser, x_T, weights.sigmas)
+            full = run(None)
         saved = weights.bias
 
         def score(b: float) -> float:
             weights.bias = b
-            out, _ = sample(denoiser, x_T, weights.sigmas, weights)
-            return psnr(out, full)
+            return psnr(run(weights), full)
 
         h = 1e-3
         try:
@@ -401,6 +433,132 @@ def fit_bias(denoiser: Denoiser, x_T: torch.Tensor, weights: LTCWeights, *, lo: 
             return best if score(best) >= score(0.0) else 0.0
         finally:
             weights.bias = saved
+
+
+# ---------------------------------------------------------------------------------------------
+# The re-noise sampler of the published few-step models, and LTC on its predictions
+# ---------------------------------------------------------------------------------------------
+def renoise(x0: torch.Tensor, sigma: float, noise: torch.Tensor) -> torch.Tensor:
+    """Flow matching's forward process: x_sigma = (1 - sigma) x0 + sigma noise."""
+    return (1 - sigma) * x0 + sigma * noise
+
+
+def prediction_step_ratio(sigmas: list[float], i: int) -> float:
+    """gamma_i for the predictions: x0_{i-1} -> x0_i spans sigma_{i-1} -> sigma_i, the change
+    before it sigma_{i-2} -> sigma_{i-1}."""
+    if i < 2:
+        raise ValueError("the prediction estimate needs two earlier predictions (step 2 on)")
+    return step_ratio(sigmas, i - 1)
+
+
+def _noise_source(noises, x: torch.Tensor, steps: int) -> Callable[[int], torch.Tensor]:
+    """The fresh noise re-noising after step i (i = 0 .. steps - 2): from a list, or drawn."""
+    if isinstance(noises, torch.Generator):
+        return lambda i: torch.randn(x.shape, generator=noises, device=x.device, dtype=x.dtype)
+    noises = list(noises)
+    if len(noises) != steps - 1 or any(n.shape != x.shape for n in noises):
+        raise ConfigError(f"the re-noise sampler needs {steps - 1} noise tensors of shape {tuple(x.shape)} "
+                          f"(one after every step but the last), got {[tuple(n.shape) for n in noises]}")
+    return lambda i: noises[i]
+
+
+def sample_renoise(
+    denoiser: Denoiser,
+    x_T: torch.Tensor,
+    sigmas: torch.Tensor | list[float],
+    noises,
+    weights: LTCWeights | None = None,
+    *,
+    record: bool = False,
+) -> tuple[torch.Tensor, SampleInfo]:
+    """Self-Forcing's few-step sampler: x0_i = denoiser(x_i, sigma_i), x_{i+1} = renoise(x0_i,
+    sigma_{i+1}, eps_{i+1}) with fresh noise, the last step's x0 is the sample. `noises`: the N - 1
+    re-noise tensors in order, or a torch.Generator to draw them. With `weights` (from
+    `calibrate_renoise`), a step they mark takes the estimate x0_{i-1} + c_i (x0_{i-1} - x0_{i-2})
+    instead of a model call, re-noised with the same fresh noise. `record=True` keeps the
+    predictions x0_0 .. x0_{N-1} (what LTC extrapolates) as the trajectory."""
+    sig = check_sigmas(sigmas)
+    n = len(sig) - 1
+    if weights is not None:
+        weights.check_sampler("renoise")
+        weights.check_sigmas(sig)
+    _check_input(x_T)
+    noise = _noise_source(noises, x_T, n)
+    x, preds, skipped = x_T, [], []
+    for i in range(n):
+        if weights is not None and weights.skip[i]:
+            x0 = ltc_estimate(preds[-1], preds[-2], weights.coefficient(i))
+            skipped.append(i)
+        else:
+            x0 = denoiser(x, sig[i])
+        preds.append(x0)
+        if not record:  # the estimate needs only the last two
+            del preds[:-2]
+        x = renoise(x0, sig[i + 1], noise(i)) if i < n - 1 else x0
+    return x, SampleInfo(nfe=n - len(skipped), skipped=skipped, trajectory=preds if record else None)
+
+
+def calibrate_renoise(
+    denoiser: Denoiser,
+    x_T: torch.Tensor,
+    sigmas: torch.Tensor | list[float],
+    noises,
+    cfg: LTCConfig | None = None,
+    *,
+    key: dict[str, Any] | None = None,
+) -> LTCWeights:
+    """`calibrate` for the re-noise sampler: one run along the accelerated trajectory with the given
+    re-noise tensors (calibrate on other noise than you evaluate on); at every step i >= 2 the
+    model is called, the angle between D_i = x0_i - x0_{i-1} and D_{i-1} and the closed-form
+    w_i = <D_i, D_{i-1}> / (gamma_i ||D_{i-1}||^2) are recorded, and where the rule allows a skip
+    the run continues from the estimate, re-noised with the same noise."""
+    cfg = cfg or LTCConfig()
+    sig = check_sigmas(sigmas)
+    n = len(sig) - 1
+    cfg.validate(n)
+    _check_input(x_T)
+    if isinstance(noises, torch.Generator):  # the capped plan and the bias search rerun the same noise
+        noises = [torch.randn(x_T.shape, generator=noises, device=x_T.device, dtype=x_T.dtype) for _ in range(n - 1)]
+    noise = _noise_source(noises, x_T, n)
+    skip, w_g, gamma, angles, reasons = [False] * n, [1.0] * n, [1.0] * n, [None] * n, [""] * n
+    x, preds = x_T, []
+    last_skip, n_skips = -cfg.period, 0
+    with torch.no_grad():
+        plan = None
+        if cfg.max_skips and cfg.interval is None:
+            _, info = sample_renoise(denoiser, x_T, sig, noises, record=True)
+            p = info.trajectory
+            plan = _plan_capped_skips({i: transition_stats(p[i] - p[i - 1], p[i - 1] - p[i - 2],
+                                                           prediction_step_ratio(sig, i))[0] for i in range(2, n)}, cfg)
+        for i in range(n):
+            x0 = denoiser(x, sig[i])
+            if i < 2:
+                reasons[i] = "needs two earlier predictions"
+            else:
+                gamma[i] = prediction_step_ratio(sig, i)
+                angles[i], w_g[i] = transition_stats(x0 - preds[-1], preds[-1] - preds[-2], gamma[i])
+                if not math.isfinite(w_g[i]):
+                    raise NonFiniteError(f"LTC calibration produced a non-finite weight at step {i}")
+                if plan is not None:
+                    skip[i], reasons[i] = plan[i].startswith("SKIP: "), plan[i].removeprefix("SKIP: ")
+                else:
+                    skip[i], reasons[i] = _may_skip(i, cfg, angles[i], last_skip, n_skips)
+            if skip[i]:
+                last_skip, n_skips = i, n_skips + 1
+                x0 = ltc_estimate(preds[-1], preds[-2], w_g[i] * gamma[i])
+            preds = (preds + [x0])[-2:]
+            x = renoise(x0, sig[i + 1], noise(i)) if i < n - 1 else x0
+    weights = LTCWeights(
+        sigmas=sig, skip=skip, w_g=w_g, gamma=gamma, angles=angles, reasons=reasons, bias=0.0,
+        key=make_key(**{"steps": n, "latent_shape": list(x_T.shape), "sampler": "renoise", **(key or {})}),
+        config=_jsonable(asdict(cfg)), sampler="renoise",
+    )
+    if cfg.bias == "auto":
+        weights.bias = fit_bias(denoiser, x_T, weights,
+                                run=lambda w: sample_renoise(denoiser, x_T, sig, noises, w)[0])
+    else:
+        weights.bias = float(cfg.bias)
+    return weights
 
 
 # ---------------------------------------------------------------------------------------------

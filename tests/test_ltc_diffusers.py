@@ -7,7 +7,9 @@ from diffusers import (
 )
 
 from ltc_stream import LTCConfig, calibrate, psnr, sample
-from ltc_stream.diffusers_bridge import apply_ltc_accel, model_output_for_target, scheduler_sigmas
+from diffusers.hooks import HookRegistry, ModelHook, apply_layerwise_casting
+
+from ltc_stream.diffusers_bridge import apply_ltc_accel, model_output_for_target, remove_ltc_accel, scheduler_sigmas
 from ltc_stream.errors import ConfigError
 from ltc_stream.ltc import ltc_estimate
 from ltc_stream.oracle import GaussianMixtureOracle
@@ -75,7 +77,9 @@ def test_bridge_on_flow_match_euler_matches_our_sampler():
     assert hook.model_calls == info.nfe == 12 - len(weights.skipped_steps)
     torch.testing.assert_close(theirs, ours, atol=2e-4, rtol=1e-4)
     hook.remove()
-    assert "forward" not in model.__dict__ and "step" not in sched.__dict__
+    assert model._diffusers_hook.get_hook("ltc_accel") is None and "step" not in sched.__dict__
+    torch.testing.assert_close(run_flow_loop(model, sched, x_eval, 12), sample(oracle, x_eval, sigmas)[0],
+                               atol=2e-4, rtol=1e-4)
 
 
 def tiny_dit_pipeline(scheduler):
@@ -167,3 +171,87 @@ def test_hook_refuses_what_it_cannot_do():
     pipe = tiny_dit_pipeline(DDIMScheduler(clip_sample=False))
     with pytest.raises(ConfigError, match="either weights"):
         apply_ltc_accel(pipe)
+
+
+class CountingHook(ModelHook):
+    """Another hook in the same registry: counts the calls that reach it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def pre_forward(self, module, *args, **kwargs):
+        self.calls += 1
+        return args, kwargs
+
+
+def _dit_run(pipe, steps=12):
+    return torch.from_numpy(pipe(class_labels=[3], guidance_scale=3.0, num_inference_steps=steps,
+                                 generator=torch.Generator().manual_seed(7), output_type="np").images)
+
+
+def _calibrated(pipe, tau=0.5):
+    cal = apply_ltc_accel(pipe, calibrate=LTCConfig(tau=tau))
+    _dit_run(pipe)
+    cal.remove()
+    return cal.calibrated
+
+
+@pytest.mark.parametrize("remove_first", ["ltc", "counter_below"])
+def test_hook_composes_with_other_hooks_in_the_registry_and_removes_cleanly(remove_first):
+    pipe = tiny_dit_pipeline(DDIMScheduler(clip_sample=False))
+    steps = 12
+    full = _dit_run(pipe, steps)
+    weights = _calibrated(pipe)
+    skipped = len(weights.skipped_steps)
+    assert skipped
+
+    registry = HookRegistry.check_if_exists_or_initialize(pipe.transformer)
+    below, above = CountingHook(), CountingHook()
+    registry.register_hook(below, "count_below")  # registered first: runs inside LTC
+    hook = apply_ltc_accel(pipe, weights)
+    registry.register_hook(above, "count_above")  # registered last: sees every call the pipeline makes
+    fast = _dit_run(pipe, steps)
+    assert above.calls == steps  # the pipeline still calls the model every step
+    assert below.calls == hook.model_calls == steps - skipped  # but skipped steps stop at LTC
+    assert psnr(fast, full) > 25.0
+
+    if remove_first == "ltc":
+        hook.remove()
+        below.calls = above.calls = 0
+        # exactly the pipeline without LTC, both other hooks still in place
+        assert torch.equal(_dit_run(pipe, steps), full)
+        assert below.calls == above.calls == steps
+        assert "step" not in pipe.scheduler.__dict__
+    else:
+        # diffusers re-points the chain when a hook below LTC goes: LTC must stay in it, calling what is below
+        registry.remove_hook("count_below")
+        above.calls = 0
+        again = _dit_run(pipe, steps)
+        assert torch.equal(again, fast) and hook.model_calls == steps - skipped and above.calls == steps
+        assert below.calls == steps - skipped  # the removed hook is no longer called
+        hook.remove()
+        assert torch.equal(_dit_run(pipe, steps), full)
+    registry.remove_hook("count_above")
+    remove_ltc_accel(pipe)  # a no-op once removed
+    assert torch.equal(_dit_run(pipe, steps), full)
+
+
+def test_hook_composes_with_diffusers_layerwise_casting():
+    """diffusers' own hooks on the model's layers: a skipped step runs none of them, and taking LTC
+    out leaves exactly the cast model's output."""
+    pipe = tiny_dit_pipeline(DDIMScheduler(clip_sample=False))
+    weights = _calibrated(pipe)
+    apply_layerwise_casting(pipe.transformer, storage_dtype=torch.bfloat16, compute_dtype=torch.float32)
+    cast = _dit_run(pipe)
+    linear_calls = []
+    handle = pipe.transformer.transformer_blocks[0].ff.net[2].register_forward_pre_hook(lambda *a: linear_calls.append(1))
+    hook = apply_ltc_accel(pipe, weights)
+    fast = _dit_run(pipe)
+    assert len(linear_calls) == hook.model_calls == 12 - len(weights.skipped_steps)
+    assert psnr(fast, cast) > 25.0
+    with pytest.raises(ConfigError, match="already applied"):
+        apply_ltc_accel(pipe, weights)
+    hook.remove()
+    handle.remove()
+    assert torch.equal(_dit_run(pipe), cast)
