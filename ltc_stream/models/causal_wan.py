@@ -29,6 +29,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..ltc import LTCWeights, sample
 from .base import ChunkResult, VideoModel
+from .taehv import TAEHVMemory
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,32 +232,6 @@ class StreamingWanDecoder:
         return torch.cat(outs, 2).clamp(-1, 1)  # [B, 3, frames, H, W]
 
 
-class TinyVideoDecoder(nn.Module):
-    """TAEHV-like tiny decoder for Wan latents on diffusers' AutoencoderTiny: each latent frame is
-    decoded on its own by the tiny 2-D decoder into `temporal_factor` RGB frames (its output channels
-    are frames x RGB). About 1/30 of the VAE decoder's cost; it needs its own trained weights
-    (a `tiny_vae/` folder beside `vae/`), random ones only serve throughput benchmarks."""
-
-    def __init__(self, tiny, vae_config, temporal_factor: int = 4):
-        super().__init__()
-        if tiny.config.out_channels != 3 * temporal_factor:
-            raise ConfigError(f"tiny decoder must output {3 * temporal_factor} channels "
-                              f"({temporal_factor} frames x RGB), its config says {tiny.config.out_channels}")
-        self.tiny, self.t = tiny, temporal_factor
-        self.register_buffer("mean", torch.tensor(vae_config.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(vae_config.latents_std).view(1, -1, 1, 1, 1), persistent=False)
-
-    @torch.no_grad()
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        b, c, f, h, w = latents.shape
-        dtype = next(self.tiny.parameters()).dtype
-        z = (latents * self.std.to(latents) + self.mean.to(latents)).to(dtype)
-        img = self.tiny.decode(z.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w), return_dict=False)[0]
-        H, W = img.shape[-2:]
-        img = img.view(b, f, self.t, 3, H, W).permute(0, 3, 1, 2, 4, 5).reshape(b, 3, f * self.t, H, W)
-        return img.clamp(-1, 1)
-
-
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """[1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3]."""
     return ((video[0].float().clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
@@ -277,6 +252,7 @@ class WanStreamState:
     cache: KVCache
     chunk_index: int = 0
     embedding: torch.Tensor | None = None  # prompt the cache was written with
+    taehv_memory: TAEHVMemory | None = None  # the tiny decoder's memory across chunks
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -286,14 +262,20 @@ class CausalWanModel(VideoModel):
     def __init__(self, transformer, vae, *, encode_text, height: int, width: int, steps: int = 4,
                  shift: float = 5.0, latent_frames_per_chunk: int = 3, sink_frames: int | None = None,
                  window_frames: int = 9, sampler: str = "euler", guidance_scale: float = 1.0,
-                 negative_embedding: torch.Tensor | None = None, tiny_decoder=None, fps: float = 16.0,
-                 recache: bool = True, name: str = "wan-causal", ltc_weights: LTCWeights | None = None):
+                 negative_embedding: torch.Tensor | None = None, taehv=None, fps: float = 16.0,
+                 recache: bool = True, name: str = "wan-causal", ltc_weights: LTCWeights | None = None,
+                 timesteps: list[float] | None = None, sigmas: list[float] | None = None,
+                 info: dict[str, Any] | None = None):
         if sampler not in ("euler", "renoise"):
             raise ConfigError(f"sampler must be 'euler' or 'renoise', got {sampler!r}")
         sf, sp = vae.config.scale_factor_temporal, vae.config.scale_factor_spatial
         patch = transformer.config.patch_size
         if height % (sp * patch[1]) or width % (sp * patch[2]):
             raise ConfigError(f"height and width must be multiples of {sp * patch[1]}, got {height}x{width}")
+        if sigmas is not None:  # a published model's own schedule (stream.json)
+            if len(sigmas) < 2 or sigmas[-1] != 0.0 or timesteps is None or len(timesteps) != len(sigmas) - 1:
+                raise ConfigError("a schedule needs sigmas ending in 0 and one timestep per step")
+            steps = len(sigmas) - 1
         if steps < 1:
             raise ConfigError(f"steps must be at least 1, got {steps}")
         self.transformer, self.vae = transformer, vae
@@ -308,13 +290,18 @@ class CausalWanModel(VideoModel):
         self.window_frames = window_frames
         self.guidance_scale = guidance_scale
         self.negative_embedding = negative_embedding
-        self.tiny_decoder = tiny_decoder
+        self.taehv = taehv
         self.recache = recache
         self.device = next(transformer.parameters()).device
         self.dtype = next(transformer.parameters()).dtype
-        self.sigmas = shifted_sigmas(steps, shift)
+        self.sigmas = list(sigmas) if sigmas is not None else shifted_sigmas(steps, shift)
+        # what the transformer receives at each sigma: 1000 sigma unless the schedule says otherwise
+        # (CausVid feeds its unwarped steps while its arithmetic uses the table's nearest sigma)
+        self.timesteps = list(timesteps) if timesteps is not None else [s * 1000.0 for s in self.sigmas[:-1]]
+        self._timestep_of = dict(zip(self.sigmas[:-1], self.timesteps))
         self.ltc_weights = ltc_weights
         self._decoders: dict[int, StreamingWanDecoder] = {}
+        self.info = dict(info or {})  # what the model folder says about itself (kind, authors' settings)
 
     # --- VideoModel -------------------------------------------------------------------------
     def encode_prompt(self, text: str) -> torch.Tensor:
@@ -337,7 +324,7 @@ class CausalWanModel(VideoModel):
         return WanStreamState(generator=torch.Generator(device=self.device).manual_seed(int(seed)), cache=cache)
 
     def _velocity(self, x: torch.Tensor, sigma: float, embedding: torch.Tensor) -> torch.Tensor:
-        t = torch.full((x.shape[0],), sigma * 1000.0, device=x.device, dtype=self.dtype)
+        t = torch.full((x.shape[0],), self._timestep_of.get(sigma, sigma * 1000.0), device=x.device, dtype=self.dtype)
         return self.transformer(x.to(self.dtype), timestep=t, encoder_hidden_states=embedding,
                                 return_dict=False)[0].float()
 
@@ -404,11 +391,10 @@ class CausalWanModel(VideoModel):
                                   "kv_cache_frames": state.cache.frames})
 
     def decode(self, latents: torch.Tensor, state: WanStreamState) -> np.ndarray:
-        if self.tiny_decoder is not None:
-            video = self.tiny_decoder(latents)
-            if state.chunk_index == 0:  # match the causal VAE: the first latent frame is one frame
-                video = video[:, :, self.temporal_factor - 1:]
-            return to_uint8_frames(video)
+        if self.taehv is not None:  # [0, 1] frames; its memory (start-up trim included) lives in the stream
+            if state.chunk_index == 0:
+                state.taehv_memory = TAEHVMemory()
+            return to_uint8_frames(self.taehv.decode(latents, state.taehv_memory) * 2 - 1)
         dec = self._decoders.get(id(state))
         if dec is None:
             self._decoders.clear()  # one live decoder cache per stream object; streams are long-lived
@@ -418,8 +404,9 @@ class CausalWanModel(VideoModel):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info.update(sampler=self.sampler, shift=self.shift, sink_frames=self.sink_frames,
-                    window_frames=self.window_frames, decoder="tiny" if self.tiny_decoder is not None else "vae",
-                    ltc_calibrated=self.ltc_weights is not None)
+                    window_frames=self.window_frames, decoder="taehv" if self.taehv is not None else "vae",
+                    timesteps=self.timesteps, sigmas=self.sigmas,
+                    ltc_calibrated=self.ltc_weights is not None, **self.info)
         return info
 
 
