@@ -145,8 +145,8 @@ def test_wan_prompt_change_recaches(wan_folder):
 
 
 def test_wan_tiny_decoder_shapes(wan_folder):
-    model = load_model(str(wan_folder), device="cpu", height=32, width=48)  # auto: tiny_vae/ is present
-    assert model.describe()["decoder"] == "tiny"
+    model = load_model(str(wan_folder), device="cpu", height=32, width=48)  # auto: taehv/taew2_1.pth is present
+    assert model.describe()["decoder"] == "taehv"
     state = model.new_stream(seed=0)
     emb = model.encode_prompt("a blue square")
     assert model.generate_chunk(state, emb).frames.shape == (9, 32, 48, 3)
