@@ -232,3 +232,27 @@ def test_imported_folder_options_and_errors(sf_folder, tmp_path):
     (moved / "stream.json").write_text("{}")
     with pytest.raises(ModelNotFoundError, match="ltc-stream import"):
         load_model(str(moved), device="cpu")
+
+
+def test_check_model_describes_loads_runs_a_block_and_estimates(sf_folder, capsys, tmp_path):
+    from ltc_stream.check_model import component_parameters, memory_estimate
+
+    code = cli_main(["check-model", str(sf_folder), "--device", "cpu", "--height", "32", "--width", "48"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for text in ("self-forcing", "renoise", "937.5", "sink 3 (fixed) + 15 past + 3 per block", "taehv",
+                 "512 tokens", "one block", "9 frames 48x32", "no GPU here; estimate"):
+        assert text in out, text
+    model = load_model(str(sf_folder), device="cpu", height=32, width=48)
+    counts = component_parameters(sf_folder)
+    assert counts["transformer"] == sum(p.numel() for p in model.transformer.parameters())
+    estimate = memory_estimate(model, counts, 2)
+    # keys and values of 2 layers x (3 sink + 15 window) frames x (4 x 6 latents / 2x2 patches) tokens x 24 wide
+    assert estimate["kv_cache_gib"] * 2 ** 30 == 2 * 2 * 18 * 6 * 24 * 2
+    assert estimate["transformer_gib"] * 2 ** 30 == counts["transformer"] * 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    capsys.readouterr()
+    assert cli_main(["check-model", str(empty), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stream.json" in err[0]

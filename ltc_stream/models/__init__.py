@@ -59,6 +59,6 @@ def load_model(spec: str, device: str = "auto", **options: Any) -> VideoModel:
 
         return load_diffusers_folder(path, meta, device=device, **options)
     raise ModelNotFoundError(
-        f"{str(path)!r} holds neither ltc_model.json (default-model format) nor model_index.json "
-        "(a diffusers pipeline folder)"
+        f"{str(path)!r} holds neither ltc_model.json (default-model format), stream.json (ltc-stream import) "
+        "nor model_index.json (a diffusers pipeline folder)"
     )
