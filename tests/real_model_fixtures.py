@@ -139,3 +139,27 @@ def save_tiny_animatediff(folder: Path) -> Path:
                                motion_adapter=adapter, scheduler=scheduler)
     pipe.save_pretrained(folder)
     return folder
+
+
+def save_tiny_sd15(folder: Path) -> Path:
+    """A Stable Diffusion 1.5-layout pipeline folder at toy widths (the base AnimateDiff-Lightning's
+    motion module is imported onto)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=4, sample_size=8)
+    vae = AutoencoderKL(block_out_channels=[8, 8], latent_channels=4, norm_num_groups=4,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=37,
+                                                num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
+                                                eos_token_id=2, pad_token_id=0, bos_token_id=2))
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(77), unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return folder

@@ -256,3 +256,35 @@ def test_check_model_describes_loads_runs_a_block_and_estimates(sf_folder, capsy
     assert cli_main(["check-model", str(empty), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stream.json" in err[0]
+
+
+def test_animatediff_lightning_import_streams_with_the_model_cards_sampler(tmp_path):
+    from diffusers import MotionAdapter
+    from safetensors.torch import save_file
+
+    from real_model_fixtures import save_tiny_sd15
+
+    base = save_tiny_sd15(tmp_path / "sd15")
+    torch.manual_seed(3)
+    adapter = MotionAdapter(block_out_channels=(8, 16), motion_layers_per_block=1, motion_norm_num_groups=4)
+    state = {k: v.contiguous() for k, v in adapter.state_dict().items()}
+    src = tmp_path / "animatediff_lightning_4step_diffusers.safetensors"
+    save_file(state, str(src))
+    assert cli_main(["import", "animatediff-lightning", str(src), "--base", str(base), "--out", str(tmp_path / "ad")]) == 0
+    manifest = json.loads((tmp_path / "ad" / "stream.json").read_text())
+    assert manifest["sampling"] == {"sampler": "euler", "steps": 4, "timestep_spacing": "trailing",
+                                    "beta_schedule": "linear", "guidance_scale": 1.0}
+    assert_identical(load_file(str(tmp_path / "ad" / "motion_adapter" / "diffusion_pytorch_model.safetensors")), state)
+    model = load_model(str(tmp_path / "ad"), device="cpu", height=32, width=32, window=8, overlap=2)
+    assert model.timesteps == [999.0, 749.0, 499.0, 249.0] and model.guidance_scale == 1.0
+    state_ = model.new_stream(seed=0)
+    emb = model.encode_prompt("a green ball")
+    assert model.generate_chunk(state_, emb).frames.shape == (8, 32, 32, 3)
+    assert model.generate_chunk(state_, emb).frames.shape == (6, 32, 32, 3)
+    other = MotionAdapter(block_out_channels=(8, 16), motion_layers_per_block=2, motion_norm_num_groups=4)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()},
+              str(tmp_path / "animatediff_lightning_2step_diffusers.safetensors"))
+    with pytest.raises(CheckpointMismatchError, match="unexpected"):
+        from ltc_stream.models.importers import import_animatediff_lightning
+
+        import_animatediff_lightning(tmp_path / "animatediff_lightning_2step_diffusers.safetensors", base, tmp_path / "x")

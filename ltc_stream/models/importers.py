@@ -352,11 +352,13 @@ def import_checkpoint(kind_name: str, src: Path, base: Path, out: Path, *, weigh
 # CLI
 # ------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=list(KINDS), help="which published model SRC is")
+    parser.add_argument("kind", choices=[*KINDS, "animatediff-lightning"], help="which published model SRC is")
     parser.add_argument("src", type=Path, help="the checkpoint: self_forcing_dmd.pt, model.pt (CausVid), "
-                                               "longlive_base.pt, rewardforcing.pt")
+                                               "longlive_base.pt, rewardforcing.pt, "
+                                               "animatediff_lightning_Nstep_diffusers.safetensors")
     parser.add_argument("--base", type=Path, required=True,
-                        help="local Wan2.1-T2V-1.3B-Diffusers folder (text encoder, tokenizer, VAE, transformer config)")
+                        help="local Wan2.1-T2V-1.3B-Diffusers folder (text encoder, tokenizer, VAE, transformer config); "
+                             "for animatediff-lightning a Stable Diffusion 1.5 diffusers folder")
     parser.add_argument("--out", type=Path, required=True, help="folder to write (serve --model OUT)")
     parser.add_argument("--weights", choices=("generator", "generator_ema"), default=None,
                         help="which weights of a generator checkpoint (default: generator_ema where present)")
@@ -365,10 +367,121 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="LoRA alpha (default: the rank, LongLive's alpha 256 for rank 256: scale 1)")
     parser.add_argument("--taehv", type=Path, default=None,
                         help="TAEHV decoder weights for Wan 2.1 (taew2_1.pth), linked into the folder")
+    parser.add_argument("--taesd", type=Path, default=None,
+                        help="animatediff-lightning: a diffusers AutoencoderTiny folder (madebyollin/taesd), linked in")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="animatediff-lightning: the steps the file was distilled for (default: from its name)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.kind == LIGHTNING:
+        if args.lora or args.taehv or args.weights:
+            raise CheckpointMismatchError("animatediff-lightning takes --taesd and --steps, not --lora, --taehv or --weights")
+        import_animatediff_lightning(args.src, args.base, args.out, steps=args.steps, taesd=args.taesd,
+                                     overwrite=args.overwrite)
+        return 0
+    if args.taesd or args.steps:
+        raise CheckpointMismatchError(f"{args.kind} takes no --taesd or --steps (its steps come from its authors)")
     import_checkpoint(args.kind, args.src, args.base, args.out, weights=args.weights, lora=args.lora,
                       lora_alpha=args.lora_alpha, taehv=args.taehv, overwrite=args.overwrite)
     return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# AnimateDiff-Lightning
+# ------------------------------------------------------------------------------------------------
+LIGHTNING = "animatediff-lightning"
+SD_LINKED = ("unet", "vae", "text_encoder", "tokenizer")
+
+
+def _lightning_steps(src: Path, steps: int | None) -> int:
+    import re
+
+    found = re.search(r"(\d+)step", src.name)
+    if steps is None and found is None:
+        raise CheckpointMismatchError(f"say how many steps {src.name} was distilled for: --steps 1, 2, 4 or 8 "
+                                      "(the published files are animatediff_lightning_Nstep_diffusers.safetensors)")
+    if steps is not None and found is not None and int(found.group(1)) != steps:
+        raise CheckpointMismatchError(f"{src.name} is the {found.group(1)}-step model, not {steps}")
+    steps = steps if steps is not None else int(found.group(1))
+    if steps not in (1, 2, 4, 8):
+        raise CheckpointMismatchError(f"AnimateDiff-Lightning has 1, 2, 4 and 8-step models, not {steps}")
+    return steps
+
+
+def motion_adapter_config(unet_config: dict[str, Any]) -> dict[str, Any]:
+    """The MotionAdapter that fits the base UNet (for SD1.5: diffusers' MotionAdapter() defaults, what
+    the Lightning model card builds)."""
+    return {"block_out_channels": list(unet_config["block_out_channels"]),
+            "motion_layers_per_block": unet_config.get("layers_per_block", 2),
+            "motion_norm_num_groups": unet_config.get("norm_num_groups", 32)}
+
+
+def import_animatediff_lightning(src: Path, base: Path, out: Path, *, steps: int | None = None,
+                                 taesd: Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Lightning's motion module into a MotionAdapter on a local SD1.5 folder; sampled as its model
+    card says: Euler discrete, trailing timesteps, linear betas, guidance 1, N steps."""
+    from diffusers import EulerDiscreteScheduler, MotionAdapter
+    from safetensors.torch import load_file
+
+    steps = _lightning_steps(src, steps)
+    if not src.is_file():
+        raise ModelNotFoundError(f"checkpoint {str(src)!r} not found")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ModelNotFoundError(f"--out {out} exists and is not empty (add --overwrite to replace it)")
+    index = base / "model_index.json"
+    if not index.is_file():
+        raise ModelNotFoundError(f"--base {str(base)!r} is not a diffusers Stable Diffusion 1.5 folder (no model_index.json)")
+    for name in SD_LINKED + ("scheduler",):
+        if not (base / name).is_dir():
+            raise ModelNotFoundError(f"--base {base} has no {name}/ folder")
+    unet_config = json.loads((base / "unet" / "config.json").read_text())
+    if unet_config.get("_class_name") != "UNet2DConditionModel":
+        raise ModelNotFoundError(f"--base {base}'s unet is not a Stable Diffusion 1.5 UNet2DConditionModel")
+    if taesd is not None and not (taesd / "config.json").is_file():
+        raise ModelNotFoundError(f"--taesd {taesd} is not a diffusers AutoencoderTiny folder (no config.json)")
+    _say(f"reading {src}...")
+    try:
+        state = load_file(str(src))
+    except Exception as exc:
+        raise CheckpointMismatchError(f"{src} is not a safetensors file: {exc}") from None
+    adapter = MotionAdapter(**motion_adapter_config(unet_config))
+    want = adapter.state_dict()
+    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    wrong = sorted(k for k in set(want) & set(state) if want[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"{len(v)} {what} (first: {', '.join(v[:3])})" for what, v in
+                 (("missing", missing), ("unexpected", unexpected), ("with other shapes", wrong)) if v]
+        raise CheckpointMismatchError(f"{src} is not an AnimateDiff motion adapter for this base: " + "; ".join(parts))
+    adapter.load_state_dict(state)
+    out.mkdir(parents=True, exist_ok=True)
+    adapter.save_pretrained(out / "motion_adapter")
+    for name in SD_LINKED:
+        _link(base / name, out / name)
+    base_scheduler = EulerDiscreteScheduler.from_pretrained(base / "scheduler")
+    EulerDiscreteScheduler.from_config(base_scheduler.config, timestep_spacing="trailing",
+                                       beta_schedule="linear").save_pretrained(out / "scheduler")
+    if taesd is not None:
+        _link(taesd, out / "tiny_vae")
+    meta = json.loads(index.read_text())
+    (out / "model_index.json").write_text(json.dumps({
+        "_class_name": "AnimateDiffPipeline", "_diffusers_version": meta.get("_diffusers_version"),
+        "motion_adapter": ["diffusers", "MotionAdapter"], "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "text_encoder": meta["text_encoder"], "tokenizer": meta["tokenizer"], "unet": meta["unet"],
+        "vae": meta["vae"], "feature_extractor": [None, None], "image_encoder": [None, None]}, indent=2) + "\n")
+    manifest = {
+        "format": FORMAT, "kind": LIGHTNING, "family": "animatediff",
+        "source": {"checkpoint": str(src.resolve()), "base": str(base.resolve()),
+                   "reference": "huggingface.co/ByteDance/AnimateDiff-Lightning (model card)"},
+        "sampling": {"sampler": "euler", "steps": steps, "timestep_spacing": "trailing", "beta_schedule": "linear",
+                     "guidance_scale": 1.0},
+        "text": {"encoder": "clip-vit-l-14", "max_length": 77},
+        "decoder": "taesd" if taesd is not None else "vae",
+        "parameters": sum(v.numel() for v in state.values()),
+        "dtype": str(next(iter(state.values())).dtype).replace("torch.", ""),
+        "video": {"height": 512, "width": 512, "fps": 16},
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    _say(f"done: {out} (serve it with: ltc-stream serve --model {out})")
+    return manifest

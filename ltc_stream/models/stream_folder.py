@@ -40,7 +40,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ModelNotFoundError(f"{file} is not an ltc-stream model manifest (format {FORMAT!r}); "
                                  "make the folder with: ltc-stream import KIND SRC --base WAN_FOLDER --out DIR")
-    for key in ("kind", "sampling", "cache", "frames_per_block", "text"):
+    for key in ("kind", "sampling", "text") + (() if manifest.get("family") == "animatediff" else ("cache", "frames_per_block")):
         if key not in manifest:
             raise ModelNotFoundError(f"{file} lacks {key!r}; re-run ltc-stream import")
     return manifest
@@ -72,6 +72,15 @@ def load_stream_folder(path: Path, device: str = "auto", *, decoder: str = "auto
     from .causal_wan import CausalWanModel
 
     manifest = read_manifest(path)
+    if manifest.get("family") == "animatediff":  # a diffusers AnimateDiffPipeline folder with its manifest
+        from .adapters import load_animatediff
+
+        meta = json.loads((path / "model_index.json").read_text())
+        given = {k: v for k, v in (("decoder", decoder), ("dtype", dtype), ("height", height), ("width", width))
+                 if v is not None}
+        sampling = manifest["sampling"]
+        options = {"steps": sampling["steps"], "guidance_scale": sampling["guidance_scale"], **given, **options}
+        return load_animatediff(path, meta, device=device, **options)
     chosen = parse_model_options(OPTIONS, options, f"{manifest['kind']} ({path})")
     check_folder(path)
     dev = resolve_device(device)
