@@ -89,6 +89,11 @@ def test_causvid_and_reward_forcing_containers(base, weights, tmp_path):
     torch.save(wrapped(ema), tmp_path / "rewardforcing.pt")  # a bare state dict
     import_checkpoint("reward-forcing", tmp_path / "rewardforcing.pt", base, tmp_path / "rf")
     assert_identical(imported(tmp_path / "rf"), ema)
+    info = load_model(str(tmp_path / "rf"), device="cpu", height=32, width=48).describe()
+    # its authors' attention of 9 frames: EMA sink 3 + 3 past + the block's own 3
+    assert (info["sink_frames"], info["window_frames"], info["sink_ema"]) == (3, 3, 0.999)
+    info = load_model(str(tmp_path / "cv"), device="cpu", height=32, width=48).describe()
+    assert info["timesteps"] == [1000.0, 757.0, 522.0] and info["sink_ema"] is None
     with pytest.raises(CheckpointMismatchError, match="bare state dict"):
         import_checkpoint("self-forcing", tmp_path / "rewardforcing.pt", base, tmp_path / "x")
     with pytest.raises(CheckpointMismatchError, match="expects a bare state dict"):

@@ -102,6 +102,30 @@ def test_kv_cache_stays_bounded_and_keeps_sink_and_recent_frames():
     assert cache.k[1][0, ::4, 0, 0].tolist() == expected
 
 
+def test_ema_sink_folds_evicted_frames_into_the_sink():
+    """Reward Forcing's EMA-Sink: each group of frames leaving the window is averaged into the sink
+    (sink 3 + window 3, chunks of 3: from the third chunk on, the chunk before last is folded in)."""
+    from ltc_stream.models.causal_wan import KVCache
+
+    alpha = 0.9
+    cache = KVCache(num_layers=1, tokens_per_frame=2, sink_frames=3, window_frames=3, sink_ema=alpha)
+    expected_sink = [0.0, 1.0, 2.0]
+    for chunk in range(6):
+        frames = torch.arange(chunk * 3, chunk * 3 + 3, dtype=torch.float32)
+        k = frames.repeat_interleave(2).view(1, 6, 1, 1)
+        cache.append(0, k, -k)
+        if chunk >= 2:  # frames 3(chunk-1) .. 3(chunk-1)+2 leave the window
+            expected_sink = [alpha * s + (1 - alpha) * (3 * (chunk - 1) + j) for j, s in enumerate(expected_sink)]
+    held = cache.k[0][0, ::2, 0, 0].tolist()
+    assert held[:3] == pytest.approx(expected_sink, abs=1e-5)
+    assert held[3:] == [15.0, 16.0, 17.0]
+    assert cache.v[0][0, ::2, 0, 0].tolist()[:3] == pytest.approx([-s for s in expected_sink], abs=1e-5)
+    with pytest.raises(ConfigError, match="multiple of the sink"):
+        odd = KVCache(num_layers=1, tokens_per_frame=1, sink_frames=2, window_frames=2, sink_ema=alpha)
+        for chunk in range(3):
+            odd.append(0, torch.zeros(1, 3, 1, 1), torch.zeros(1, 3, 1, 1))
+
+
 @torch.no_grad()
 def test_streaming_vae_decode_equals_whole_video_decode():
     from ltc_stream.models.causal_wan import StreamingWanDecoder

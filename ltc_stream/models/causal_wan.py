@@ -36,13 +36,21 @@ from .taehv import TAEHVMemory
 # KV cache with attention sink and rolling window
 # ------------------------------------------------------------------------------------------------
 class KVCache:
-    """Per-layer keys (pre-rotary) and values of past frames: sink frames + a rolling window."""
+    """Per-layer keys (pre-rotary) and values of past frames: sink frames + a rolling window.
 
-    def __init__(self, num_layers: int, tokens_per_frame: int, sink_frames: int, window_frames: int):
+    With `sink_ema` (Reward Forcing's EMA-Sink) the frames leaving the window are not dropped but
+    folded into the sink, one sink-sized group at a time, oldest first:
+    sink <- sink_ema * sink + (1 - sink_ema) * evicted, for keys and values alike."""
+
+    def __init__(self, num_layers: int, tokens_per_frame: int, sink_frames: int, window_frames: int,
+                 sink_ema: float | None = None):
         if sink_frames < 0 or window_frames < 1:
             raise ConfigError(f"KV cache needs sink_frames >= 0 and window_frames >= 1, got {sink_frames}, {window_frames}")
+        if sink_ema is not None and (sink_frames < 1 or not 0.0 <= sink_ema <= 1.0):
+            raise ConfigError(f"an EMA sink needs sink_frames >= 1 and 0 <= sink_ema <= 1, got {sink_frames}, {sink_ema}")
         self.tokens_per_frame = tokens_per_frame
         self.sink_frames, self.window_frames = sink_frames, window_frames
+        self.sink_ema = sink_ema
         self.k: list[torch.Tensor | None] = [None] * num_layers
         self.v: list[torch.Tensor | None] = [None] * num_layers
         self.frames = 0  # frames now held (<= sink + window)
@@ -59,6 +67,14 @@ class KVCache:
         tpf = self.tokens_per_frame
         sink = t[:, : self.sink_frames * tpf]
         recent = t[:, (frames - self.window_frames) * tpf:]
+        if self.sink_ema is not None:
+            evicted = t[:, self.sink_frames * tpf: (frames - self.window_frames) * tpf]
+            group = self.sink_frames * tpf
+            if evicted.shape[1] % group:
+                raise ConfigError(f"an EMA sink of {self.sink_frames} frames cannot fold in "
+                                  f"{evicted.shape[1] // tpf} evicted frames; make chunks a multiple of the sink")
+            for start in range(0, evicted.shape[1], group):
+                sink = self.sink_ema * sink + (1 - self.sink_ema) * evicted[:, start:start + group]
         return torch.cat([sink, recent], 1)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -265,7 +281,7 @@ class CausalWanModel(VideoModel):
                  negative_embedding: torch.Tensor | None = None, taehv=None, fps: float = 16.0,
                  recache: bool = True, name: str = "wan-causal", ltc_weights: LTCWeights | None = None,
                  timesteps: list[float] | None = None, sigmas: list[float] | None = None,
-                 info: dict[str, Any] | None = None):
+                 info: dict[str, Any] | None = None, sink_ema: float | None = None):
         if sampler not in ("euler", "renoise"):
             raise ConfigError(f"sampler must be 'euler' or 'renoise', got {sampler!r}")
         sf, sp = vae.config.scale_factor_temporal, vae.config.scale_factor_spatial
@@ -288,6 +304,7 @@ class CausalWanModel(VideoModel):
         self.frames_per_chunk = latent_frames_per_chunk * sf
         self.sink_frames = latent_frames_per_chunk if sink_frames is None else sink_frames
         self.window_frames = window_frames
+        self.sink_ema = sink_ema
         self.guidance_scale = guidance_scale
         self.negative_embedding = negative_embedding
         self.taehv = taehv
@@ -320,7 +337,8 @@ class CausalWanModel(VideoModel):
         return -(-(self.sink_frames + self.window_frames) // self.latent_frames) + 1
 
     def new_stream(self, seed: int = 0) -> WanStreamState:
-        cache = KVCache(len(self.transformer.blocks), self.tokens_per_frame(), self.sink_frames, self.window_frames)
+        cache = KVCache(len(self.transformer.blocks), self.tokens_per_frame(), self.sink_frames, self.window_frames,
+                        self.sink_ema)
         return WanStreamState(generator=torch.Generator(device=self.device).manual_seed(int(seed)), cache=cache)
 
     def _velocity(self, x: torch.Tensor, sigma: float, embedding: torch.Tensor) -> torch.Tensor:
@@ -404,7 +422,7 @@ class CausalWanModel(VideoModel):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info.update(sampler=self.sampler, shift=self.shift, sink_frames=self.sink_frames,
-                    window_frames=self.window_frames, decoder="taehv" if self.taehv is not None else "vae",
+                    window_frames=self.window_frames, sink_ema=self.sink_ema, decoder="taehv" if self.taehv is not None else "vae",
                     timesteps=self.timesteps, sigmas=self.sigmas,
                     ltc_calibrated=self.ltc_weights is not None, **self.info)
         return info

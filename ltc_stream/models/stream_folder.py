@@ -109,6 +109,7 @@ def load_stream_folder(path: Path, device: str = "auto", *, decoder: str = "auto
         sink_frames=chosen.get("sink_frames", cache["sink_frames"]),
         window_frames=chosen.get("window_frames", cache["window_frames"]),
         recache=chosen.get("recache", cache.get("recache_on_prompt_switch", True)),
+        sink_ema=cache.get("sink_ema") if cache.get("sink_update") == "ema" else None,
         name=f"wan-causal:{manifest['kind']}:{path.name}",
         info={"kind": manifest["kind"], "authors_sampler": sampling["sampler"],
               "attention_frames": cache.get("attention_frames"), "sink_update": cache.get("sink_update", "fixed"),
