@@ -365,3 +365,39 @@ def test_serve_compile_compiles_regionally_and_warms_up_before_serving(wan_folde
     # (sink 3 + window 9) / 3 frames per chunk + 1 = 5 chunks, each 4 steps + the cache write
     assert served["calls"] == model.steady_state_chunks() * 5 == 25
     assert "warm in" in capsys.readouterr().out
+
+
+@torch.no_grad()
+def test_timesteps_reach_the_network_exactly_and_its_sinusoid_is_float64():
+    """In bfloat16 the model still receives 937.5 (not 936) and embeds it with the reference's
+    float64 sinusoid: cat(cos, sin) of t * 10000^(-k/half)."""
+    from ltc_stream.models.causal_wan import CausalWanModel
+
+    transformer, vae = tiny_wan_parts(seed=4)
+    transformer = transformer.to(torch.bfloat16)
+    model = CausalWanModel(transformer, vae.to(torch.bfloat16), encode_text=None, height=32, width=48,
+                           sampler="renoise", timesteps=[1000.0, 937.5, 2500 / 3, 625.0],
+                           sigmas=[1.0, 0.9375, 5 / 6, 0.625, 0.0])
+    seen = []
+    proj = model.transformer.condition_embedder.timesteps_proj
+    original = proj.forward
+
+    def spy(t):
+        seen.append(t.clone())
+        return original(t)
+
+    proj.forward = spy
+    state = model.new_stream(0)
+    model.ctx.cache = state.cache
+    emb = torch.randn(1, 8, 32, dtype=torch.bfloat16)
+    model.denoiser_fn(emb)(torch.randn(model.latent_shape()), 0.9375)
+    assert seen[0].dtype == torch.float32 and seen[0].tolist() == [937.5]
+    t = torch.tensor([937.5, 2500 / 3, 0.0]).double()  # the float32 timesteps, as the reference receives them
+    half = 8
+    angles = t[:, None] * torch.tensor([10000.0 ** (-k / half) for k in range(half)], dtype=torch.float64)
+    reference = torch.cat([angles.cos(), angles.sin()], 1).float()
+    torch.testing.assert_close(original(t.float()), reference, atol=1e-7, rtol=0)
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    float32 = get_timestep_embedding(t.float(), 16, flip_sin_to_cos=True, downscale_freq_shift=0)
+    assert (float32 - reference).abs().max() > 1e-6  # what the stock float32 table would have given

@@ -1,20 +1,24 @@
 """Causal chunk-wise Wan2.1 (Self-Forcing / CausVid style) on diffusers' `WanTransformer3DModel`.
 
-The stock transformer is used unchanged; two of its parts are swapped at load time:
+The stock transformer is used unchanged; three of its parts are swapped at load time:
 - every block's self-attention processor becomes `CausalWanAttnProcessor`, which attends from
   the current chunk to a KV cache of past chunks (block-causal attention);
-- the rotary embedding becomes `ChunkRope`, which places the current chunk after the cached frames.
+- the rotary embedding becomes `ChunkRope`, which places the current chunk after the cached frames;
+- the timestep sinusoid becomes `TimestepSinusoid`, computed in float64 as the references do.
 
 The cache is bounded: the first `sink_frames` latent frames ever generated (the attention sink)
 plus the last `window_frames` frames. Keys are cached *before* the rotary embedding and rotated
 at read time by their slot in the cache (sink first, then the window), StreamingLLM-style, so
 positions never grow and a stream can run for hours with constant memory.
 
-Sampling per chunk: `steps` flow-matching Euler steps over a shifted schedule (Wan's
-`x_sigma = (1 - sigma) x0 + sigma noise`, the transformer predicts `noise - x0`), through the
-LTC sampler; then one call on the clean chunk at t = 0 writes its keys/values into the cache
-(Self-Forcing's context update). `sampler="renoise"` is Self-Forcing's own few-step sampler
-(predict x0, re-noise with fresh noise), kept to measure why LTC needs the deterministic one.
+Sampling per chunk follows the model folder (`stream.json` of `ltc-stream import`): by default
+the authors' few-step sampler (`sampler="renoise"`: predict x0 at each of the folder's sigmas and
+re-noise it with fresh noise to the next), the transformer receiving the authors' timesteps in
+float32 with a float64 sinusoid, as their reference computes it; then one call on the clean chunk at
+t = 0 writes its keys/values into the cache (Self-Forcing's context update, context noise 0).
+`sampler="euler"` is a deterministic flow-matching Euler sampler over the same sigmas, run through
+the LTC sampler: a departure from the published models (other samples from the same noise).
+Reward Forcing's EMA sink folds the frames leaving the window into the sink (`sink_ema`).
 """
 from __future__ import annotations
 
@@ -206,12 +210,30 @@ class CausalWanAttnProcessor:
         return dispatch_attention_fn(query_r, keys, values, attn_mask=None, dropout_p=0.0, is_causal=False)
 
 
+class TimestepSinusoid(nn.Module):
+    """Wan's timestep embedding [cos | sin](t 10000^(-k / half)), k < half, computed in float64 as the
+    reference computes it (diffusers computes it in float32; the cost is one [B, 256] table)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=timesteps.device) / half)
+        angles = timesteps.to(torch.float64).flatten()[:, None] * freqs
+        return torch.cat([torch.cos(angles), torch.sin(angles)], -1).float()
+
+
 def make_causal(transformer) -> CausalContext:
-    """Swap the self-attention processors and the rope of a stock WanTransformer3DModel."""
+    """Swap the self-attention processors, the rope and the timestep sinusoid of a stock
+    WanTransformer3DModel."""
     ctx = CausalContext()
     for i, block in enumerate(transformer.blocks):
         block.attn1.set_processor(CausalWanAttnProcessor(ctx, i))
     transformer.rope = ChunkRope(transformer.rope, ctx)
+    embedder = transformer.condition_embedder
+    embedder.timesteps_proj = TimestepSinusoid(embedder.timesteps_proj.num_channels)
     return ctx
 
 
@@ -342,7 +364,8 @@ class CausalWanModel(VideoModel):
         return WanStreamState(generator=torch.Generator(device=self.device).manual_seed(int(seed)), cache=cache)
 
     def _velocity(self, x: torch.Tensor, sigma: float, embedding: torch.Tensor) -> torch.Tensor:
-        t = torch.full((x.shape[0],), self._timestep_of.get(sigma, sigma * 1000.0), device=x.device, dtype=self.dtype)
+        # float32 whatever the weights' dtype: bfloat16 would turn 937.5 into 936 and 625 into 624
+        t = torch.full((x.shape[0],), self._timestep_of.get(sigma, sigma * 1000.0), device=x.device, dtype=torch.float32)
         return self.transformer(x.to(self.dtype), timestep=t, encoder_hidden_states=embedding,
                                 return_dict=False)[0].float()
 
