@@ -19,7 +19,7 @@ def component_parameters(folder: Path) -> dict[str, int]:
     from safetensors import safe_open
 
     counts: dict[str, int] = {}
-    for name in ("transformer", "text_encoder", "vae"):
+    for name in ("transformer", "unet", "motion_adapter", "text_encoder", "vae"):
         total = 0
         for file in sorted((folder / name).glob("*.safetensors")) if (folder / name).is_dir() else []:
             with safe_open(str(file), "pt") as f:

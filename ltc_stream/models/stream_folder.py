@@ -64,7 +64,6 @@ def check_folder(path: Path) -> None:
 
 def load_stream_folder(path: Path, device: str = "auto", *, decoder: str = "auto", dtype: str | None = None,
                        height: int | None = None, width: int | None = None, **options: Any):
-    import torch
     import transformers
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
