@@ -293,3 +293,33 @@ def test_animatediff_lightning_import_streams_with_the_model_cards_sampler(tmp_p
         from ltc_stream.models.importers import import_animatediff_lightning
 
         import_animatediff_lightning(tmp_path / "animatediff_lightning_2step_diffusers.safetensors", base, tmp_path / "x")
+
+
+@torch.no_grad()
+def test_first_block_is_the_authors_renoise_loop_on_the_stock_transformer(sf_folder, weights):
+    """With the stream's noise fed in, block 0 of the imported folder equals a loop written here on
+    the stock diffusers transformer: x0 = x - sigma v(x, t), x = (1 - s') x0 + s' eps, over
+    (t, sigma) = (1000, 1), (937.5, .9375), (833.33, .8333), (625, .625). The only difference is the
+    timestep sinusoid (float64 there, float32 in stock diffusers): relative L2 below 1e-4."""
+    from diffusers import WanTransformer3DModel
+
+    model = load_model(str(sf_folder), device="cpu", height=32, width=48, decoder="vae")
+    gen = torch.Generator().manual_seed(11)
+    draws = [torch.randn(model.latent_shape(), generator=gen) for _ in range(4)]
+    fed = iter(draws)
+    state = model.new_stream(seed=0)
+    state.noise = lambda shape: next(fed)
+    captured = {}
+    write = model._write_cache
+    model._write_cache = lambda st, latents, emb: (captured.setdefault("latents", latents.clone()), write(st, latents, emb))
+    emb = torch.randn(1, 16, 32, generator=gen)
+    model.generate_chunk(state, emb)
+    stock = WanTransformer3DModel.from_pretrained(sf_folder / "transformer").eval()
+    x = draws[0]
+    schedule = [(1000.0, 1.0), (937.5, 0.9375), (2500 / 3, 5 / 6), (625.0, 0.625)]
+    for i, (t, sigma) in enumerate(schedule):
+        v = stock(x, timestep=torch.tensor([t]), encoder_hidden_states=emb, return_dict=False)[0]
+        x0 = x - sigma * v
+        x = (1 - schedule[i + 1][1]) * x0 + schedule[i + 1][1] * draws[i + 1] if i + 1 < len(schedule) else x0
+    got = captured["latents"]
+    assert float((got - x).norm() / x.norm()) < 1e-4

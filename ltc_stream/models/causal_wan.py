@@ -291,6 +291,9 @@ class WanStreamState:
     chunk_index: int = 0
     embedding: torch.Tensor | None = None  # prompt the cache was written with
     taehv_memory: TAEHVMemory | None = None  # the tiny decoder's memory across chunks
+    # where this stream's noise comes from (shape -> tensor); None: `generator`. Equivalence tests
+    # feed the reference's own draws through it.
+    noise: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -412,13 +415,14 @@ class CausalWanModel(VideoModel):
                 self._recache(state, embedding)
                 extra_calls += 1
         state.embedding = embedding
-        x = torch.randn(self.latent_shape(), generator=state.generator, device=self.device)
+        draw = state.noise or (lambda shape: torch.randn(shape, generator=state.generator, device=self.device))
+        x = draw(self.latent_shape()).to(self.device)
         den = self.denoiser_fn(embedding)
         if self.sampler == "euler":
             latents, info = sample(den, x, self.sigmas, self.ltc_weights if ltc else None)
             calls = info.nfe
         else:
-            latents, calls = renoise_sample(den, x, self.sigmas, state.generator), self.steps
+            latents, calls = renoise_sample(den, x, self.sigmas, draw), self.steps
         self._write_cache(state, latents, embedding)
         extra_calls += 1
         if self.device.type == "cuda":
@@ -451,14 +455,17 @@ class CausalWanModel(VideoModel):
         return info
 
 
-def renoise_sample(denoiser, x: torch.Tensor, sigmas: list[float], generator: torch.Generator,
+def renoise_sample(denoiser, x: torch.Tensor, sigmas: list[float], generator,
                    record: list | None = None) -> torch.Tensor:
-    """Self-Forcing's few-step sampler: predict x0, re-noise to the next sigma with fresh noise."""
+    """Self-Forcing's few-step sampler: predict x0, re-noise to the next sigma with fresh noise,
+    x = (1 - s) x0 + s eps (no draw after the last step). `generator`: a torch.Generator, or a
+    callable shape -> noise (a test feeding the reference's own draws)."""
+    draw = generator if callable(generator) else (
+        lambda shape: torch.randn(shape, generator=generator, device=x.device))
     for i in range(len(sigmas) - 1):
         x0 = denoiser(x, sigmas[i])
         s = sigmas[i + 1]
-        noise = torch.randn(x.shape, generator=generator, device=x.device)
-        x = (1 - s) * x0 + s * noise if s > 0 else x0
+        x = (1 - s) * x0 + s * draw(x.shape).to(x.device) if s > 0 else x0
         if record is not None:
             record.append(x)
     return x
