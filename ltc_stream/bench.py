@@ -82,7 +82,9 @@ def _tiny_available(args) -> bool:
 
     if args.model in RANDOM_NAMES:
         return True
-    return args.model != "default" and (Path(args.model) / "tiny_vae" / "config.json").is_file()
+    folder = Path(args.model)  # TAESD (tiny_vae/) for AnimateDiff, TAEHV (taehv/taew2_1.pth) for Wan
+    return args.model != "default" and ((folder / "tiny_vae" / "config.json").is_file()
+                                         or (folder / "taehv" / "taew2_1.pth").is_file())
 
 
 def _ensure_ltc(model, args) -> str:

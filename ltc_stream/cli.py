@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-default": ("ltc_stream.models.default.train", "train and distil the built-in default model"),
     "eval-default": ("ltc_stream.models.default.evaluate", "measure the default model: speed, prompt fidelity, continuity, LTC"),
     "average-default": ("ltc_stream.models.default.average", "average two default-model folders' networks (a weight average)"),
+    "import": ("ltc_stream.models.importers", "import a published streaming checkpoint (Self-Forcing, CausVid, LongLive, Reward Forcing, AnimateDiff-Lightning) as a model folder"),
+    "check-model": ("ltc_stream.check_model", "say what a model folder is, load it, run one block, estimate its GPU memory"),
 }
 
 

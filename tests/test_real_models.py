@@ -102,6 +102,30 @@ def test_kv_cache_stays_bounded_and_keeps_sink_and_recent_frames():
     assert cache.k[1][0, ::4, 0, 0].tolist() == expected
 
 
+def test_ema_sink_folds_evicted_frames_into_the_sink():
+    """Reward Forcing's EMA-Sink: each group of frames leaving the window is averaged into the sink
+    (sink 3 + window 3, chunks of 3: from the third chunk on, the chunk before last is folded in)."""
+    from ltc_stream.models.causal_wan import KVCache
+
+    alpha = 0.9
+    cache = KVCache(num_layers=1, tokens_per_frame=2, sink_frames=3, window_frames=3, sink_ema=alpha)
+    expected_sink = [0.0, 1.0, 2.0]
+    for chunk in range(6):
+        frames = torch.arange(chunk * 3, chunk * 3 + 3, dtype=torch.float32)
+        k = frames.repeat_interleave(2).view(1, 6, 1, 1)
+        cache.append(0, k, -k)
+        if chunk >= 2:  # frames 3(chunk-1) .. 3(chunk-1)+2 leave the window
+            expected_sink = [alpha * s + (1 - alpha) * (3 * (chunk - 1) + j) for j, s in enumerate(expected_sink)]
+    held = cache.k[0][0, ::2, 0, 0].tolist()
+    assert held[:3] == pytest.approx(expected_sink, abs=1e-5)
+    assert held[3:] == [15.0, 16.0, 17.0]
+    assert cache.v[0][0, ::2, 0, 0].tolist()[:3] == pytest.approx([-s for s in expected_sink], abs=1e-5)
+    with pytest.raises(ConfigError, match="multiple of the sink"):
+        odd = KVCache(num_layers=1, tokens_per_frame=1, sink_frames=2, window_frames=2, sink_ema=alpha)
+        for chunk in range(3):
+            odd.append(0, torch.zeros(1, 3, 1, 1), torch.zeros(1, 3, 1, 1))
+
+
 @torch.no_grad()
 def test_streaming_vae_decode_equals_whole_video_decode():
     from ltc_stream.models.causal_wan import StreamingWanDecoder
@@ -145,8 +169,8 @@ def test_wan_prompt_change_recaches(wan_folder):
 
 
 def test_wan_tiny_decoder_shapes(wan_folder):
-    model = load_model(str(wan_folder), device="cpu", height=32, width=48)  # auto: tiny_vae/ is present
-    assert model.describe()["decoder"] == "tiny"
+    model = load_model(str(wan_folder), device="cpu", height=32, width=48)  # auto: taehv/taew2_1.pth is present
+    assert model.describe()["decoder"] == "taehv"
     state = model.new_stream(seed=0)
     emb = model.encode_prompt("a blue square")
     assert model.generate_chunk(state, emb).frames.shape == (9, 32, 48, 3)
@@ -341,3 +365,39 @@ def test_serve_compile_compiles_regionally_and_warms_up_before_serving(wan_folde
     # (sink 3 + window 9) / 3 frames per chunk + 1 = 5 chunks, each 4 steps + the cache write
     assert served["calls"] == model.steady_state_chunks() * 5 == 25
     assert "warm in" in capsys.readouterr().out
+
+
+@torch.no_grad()
+def test_timesteps_reach_the_network_exactly_and_its_sinusoid_is_float64():
+    """In bfloat16 the model still receives 937.5 (not 936) and embeds it with the reference's
+    float64 sinusoid: cat(cos, sin) of t * 10000^(-k/half)."""
+    from ltc_stream.models.causal_wan import CausalWanModel
+
+    transformer, vae = tiny_wan_parts(seed=4)
+    transformer = transformer.to(torch.bfloat16)
+    model = CausalWanModel(transformer, vae.to(torch.bfloat16), encode_text=None, height=32, width=48,
+                           sampler="renoise", timesteps=[1000.0, 937.5, 2500 / 3, 625.0],
+                           sigmas=[1.0, 0.9375, 5 / 6, 0.625, 0.0])
+    seen = []
+    proj = model.transformer.condition_embedder.timesteps_proj
+    original = proj.forward
+
+    def spy(t):
+        seen.append(t.clone())
+        return original(t)
+
+    proj.forward = spy
+    state = model.new_stream(0)
+    model.ctx.cache = state.cache
+    emb = torch.randn(1, 8, 32, dtype=torch.bfloat16)
+    model.denoiser_fn(emb)(torch.randn(model.latent_shape()), 0.9375)
+    assert seen[0].dtype == torch.float32 and seen[0].tolist() == [937.5]
+    t = torch.tensor([937.5, 2500 / 3, 0.0]).double()  # the float32 timesteps, as the reference receives them
+    half = 8
+    angles = t[:, None] * torch.tensor([10000.0 ** (-k / half) for k in range(half)], dtype=torch.float64)
+    reference = torch.cat([angles.cos(), angles.sin()], 1).float()
+    torch.testing.assert_close(original(t.float()), reference, atol=1e-7, rtol=0)
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    float32 = get_timestep_embedding(t.float(), 16, flip_sin_to_cos=True, downscale_freq_shift=0)
+    assert (float32 - reference).abs().max() > 1e-6  # what the stock float32 table would have given

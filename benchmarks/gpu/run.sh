@@ -8,14 +8,15 @@
 # machine with ../shared/tools/gpu-wheels-style `pip download` (the GPU image has torch and
 # triton but not diffusers). Run from the repository root:
 #     bash benchmarks/gpu/run.sh            (OUT defaults to ./gpu-out; STEPS="wan animatediff" runs only those;
-#                                           KERNELS_S, DEFAULT_S, WAN_S, AD_S set the time limits)
+#                                           KERNELS_S, DEFAULT_S, WAN_S, AD_S, IMPORTED_S set the time limits)
+# The imported-layout benchmark alone (issue 35): STEPS=imported bash benchmarks/gpu/run.sh
 # The JSON files are copied into benchmarks/results/ by hand, with the card's name in them.
 set -u
 REPO=$(pwd)
 OUT=${OUT:-$REPO/gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STEPS=${STEPS:-kernels default wan animatediff}  # a rerun can name fewer
+STEPS=${STEPS:-kernels default wan animatediff imported}  # a rerun can name fewer
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log its output, never stop the script
   local name=$1 limit=$2; shift 2
   [[ " $STEPS " == *" $name "* ]] || return 0
@@ -44,4 +45,12 @@ step wan "${WAN_S:-220}" python3 -m ltc_stream bench --model wan-causal-1.3b --r
   --levers ltc,decoder,compile,cudagraphs --output "$OUT/wan.json"
 step animatediff "${AD_S:-140}" python3 -m ltc_stream bench --model animatediff-lightning --random-weights \
   --height 512 --width 512 --levers ltc,decoder,compile,cudagraphs --output "$OUT/animatediff.json"
+# issue 35: the imported Self-Forcing layout (random weights made by imported_wan.py, through `ltc-stream import`)
+# at 832x480 with TAEHV, beside a re-run of the built-in random-weight Wan in the same call (needs
+# transformers, tokenizers and safetensors on the machine, as import and the folder's text encoder do)
+step imported "${IMPORTED_S:-300}" bash -c "python3 '$REPO/benchmarks/gpu/imported_wan.py' /tmp/imported \
+  && python3 -m ltc_stream bench --model /tmp/imported/self-forcing --random-weights --height 480 --width 832 \
+       --levers ltc,decoder --output '$OUT/imported-self-forcing.json' \
+  && python3 -m ltc_stream bench --model wan-causal-1.3b --random-weights --height 480 --width 832 \
+       --levers ltc,decoder --output '$OUT/wan-random-rerun.json'"
 ls -la "$OUT"

@@ -3,6 +3,7 @@
 Every model, the built-in one included, loads through `load_model`; a local folder is
 recognised by its files:
 - `ltc_model.json`: a folder in the default model's format (the built-in weights are one);
+- `stream.json`: a published streaming model imported by `ltc-stream import`;
 - `model_index.json`: a diffusers pipeline folder (causal Wan or AnimateDiff-Lightning).
 Nothing is ever downloaded.
 """
@@ -44,6 +45,10 @@ def load_model(spec: str, device: str = "auto", **options: Any) -> VideoModel:
         from .default import load_default
 
         return load_default(path=path, device=device, **options)
+    if (path / "stream.json").is_file():  # a folder written by `ltc-stream import`
+        from .stream_folder import load_stream_folder
+
+        return load_stream_folder(path, device=device, **options)
     index = path / "model_index.json"
     if index.is_file():
         try:
@@ -54,6 +59,6 @@ def load_model(spec: str, device: str = "auto", **options: Any) -> VideoModel:
 
         return load_diffusers_folder(path, meta, device=device, **options)
     raise ModelNotFoundError(
-        f"{str(path)!r} holds neither ltc_model.json (default-model format) nor model_index.json "
-        "(a diffusers pipeline folder)"
+        f"{str(path)!r} holds neither ltc_model.json (default-model format), stream.json (ltc-stream import) "
+        "nor model_index.json (a diffusers pipeline folder)"
     )

@@ -1,7 +1,7 @@
 """Loading real diffusers models: local pipeline folders, or full-size random weights for benchmarks.
 
 - A `WanPipeline` folder (Wan2.1-T2V-1.3B layout: transformer/, vae/, text_encoder/, tokenizer/,
-  scheduler/, optional tiny_vae/) becomes a `CausalWanModel`.
+  scheduler/, optional taehv/taew2_1.pth) becomes a `CausalWanModel`.
 - An `AnimateDiffPipeline` folder (unet/, motion_adapter/ or a UNetMotionModel unet/, vae/,
   text_encoder/, tokenizer/, scheduler/, optional tiny_vae/) becomes an `AnimateDiffStreamModel`.
 Components are loaded with their own `from_pretrained(..., local_files_only)`; nothing is
@@ -143,6 +143,7 @@ def _pop(options: dict, allowed: set[str], what: str) -> dict:
 
 
 def _tiny(path: Path | None, decoder: str):
+    """TAESD (diffusers AutoencoderTiny in tiny_vae/) for AnimateDiff."""
     if decoder not in ("auto", "vae", "tiny"):
         raise ConfigError(f"decoder must be auto, vae or tiny, got {decoder!r}")
     has = path is not None and (path / "tiny_vae" / "config.json").is_file()
@@ -155,6 +156,26 @@ def _tiny(path: Path | None, decoder: str):
     return AutoencoderTiny.from_pretrained(path / "tiny_vae", local_files_only=True)
 
 
+TAEHV_FILE = "taehv/taew2_1.pth"
+
+
+def wan_taehv(path: Path | None, decoder: str, device, dtype):
+    """TAEHV (taehv/taew2_1.pth in the folder) for Wan: `auto` uses it where the folder has it;
+    `taehv` (or `tiny`, the name the benchmarks' lever uses) requires it; `vae` never."""
+    if decoder not in ("auto", "vae", "tiny", "taehv"):
+        raise ConfigError(f"decoder must be auto, vae or taehv, got {decoder!r}")
+    file = path / TAEHV_FILE if path is not None else None
+    has = file is not None and file.is_file()
+    if decoder in ("tiny", "taehv") and not has:
+        raise ModelNotFoundError(f"--decoder taehv needs {TAEHV_FILE} in {path} "
+                                 "(ltc-stream import ... --taehv taew2_1.pth puts it there)")
+    if decoder == "vae" or not has:
+        return None
+    from .taehv import load_taehv
+
+    return load_taehv(file, device, dtype)
+
+
 WAN_OPTIONS = {"steps", "height", "width", "decoder", "sampler", "dtype", "guidance_scale", "shift",
                "window_frames", "sink_frames", "latent_frames_per_chunk", "recache"}
 
@@ -163,7 +184,7 @@ def load_causal_wan(path: Path, meta: dict[str, Any], device: str = "auto", **op
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     import transformers
 
-    from .causal_wan import CausalWanModel, TinyVideoDecoder
+    from .causal_wan import CausalWanModel
 
     opts = _pop(dict(options), WAN_OPTIONS, "causal Wan")
     check_components(path, meta, ("transformer", "vae", "text_encoder", "tokenizer"))
@@ -176,12 +197,11 @@ def load_causal_wan(path: Path, meta: dict[str, Any], device: str = "auto", **op
         raise ModelNotFoundError(f"text encoder class {meta['text_encoder'][1]!r} is not in transformers")
     text_encoder = enc_cls.from_pretrained(path / "text_encoder", local_files_only=True).to(dev, dtype).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
-    tiny = _tiny(path, opts.pop("decoder", "auto"))
+    taehv = wan_taehv(path, opts.pop("decoder", "auto"), dev, dtype)
     transformer.to(dev).eval()
     vae.to(dev).eval()
-    tiny_dec = TinyVideoDecoder(tiny, vae.config, vae.config.scale_factor_temporal).to(dev).eval() if tiny else None
     encode = _text_encoder_fn(tokenizer, text_encoder, dev, dtype, 512, zero_padding=True)
-    model = CausalWanModel(transformer, vae, encode_text=encode, tiny_decoder=tiny_dec,
+    model = CausalWanModel(transformer, vae, encode_text=encode, taehv=taehv,
                            height=opts.pop("height", 480), width=opts.pop("width", 832),
                            name=f"wan-causal:{path.name}", **opts)
     _load_ltc(model, path)
@@ -230,19 +250,18 @@ def load_random_full_size(spec: str, device: str = "auto", **options: Any):
     dtype = _dtype(opts.pop("dtype", None), dev)
     torch.manual_seed(0)
     if spec == "wan-causal-1.3b":
-        from diffusers import AutoencoderKLWan, AutoencoderTiny, WanTransformer3DModel
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
-        from .causal_wan import CausalWanModel, TinyVideoDecoder
+        from .causal_wan import CausalWanModel
+        from .taehv import TAEHVDecoder
 
         _pop(opts, WAN_OPTIONS - {"dtype"}, spec)
         decoder = opts.pop("decoder", "vae")
         with torch.device(dev):
             transformer = WanTransformer3DModel(**wan_1_3b_config()).to(dtype).eval()
             vae = AutoencoderKLWan().to(dtype).eval()
-            tiny = None
-            if decoder == "tiny":
-                tiny = TinyVideoDecoder(AutoencoderTiny(latent_channels=16, out_channels=12), vae.config).to(dtype).eval()
-        return CausalWanModel(transformer, vae, encode_text=_random_text_fn(512, 4096, dev, dtype), tiny_decoder=tiny,
+            taehv = TAEHVDecoder().to(dtype).eval() if decoder in ("tiny", "taehv") else None
+        return CausalWanModel(transformer, vae, encode_text=_random_text_fn(512, 4096, dev, dtype), taehv=taehv,
                               height=opts.pop("height", 480), width=opts.pop("width", 832),
                               name="wan-causal-1.3b (random weights: throughput only)", **opts)
     if spec == "animatediff-lightning":

@@ -1,20 +1,24 @@
 """Causal chunk-wise Wan2.1 (Self-Forcing / CausVid style) on diffusers' `WanTransformer3DModel`.
 
-The stock transformer is used unchanged; two of its parts are swapped at load time:
+The stock transformer is used unchanged; three of its parts are swapped at load time:
 - every block's self-attention processor becomes `CausalWanAttnProcessor`, which attends from
   the current chunk to a KV cache of past chunks (block-causal attention);
-- the rotary embedding becomes `ChunkRope`, which places the current chunk after the cached frames.
+- the rotary embedding becomes `ChunkRope`, which places the current chunk after the cached frames;
+- the timestep sinusoid becomes `TimestepSinusoid`, computed in float64 as the references do.
 
 The cache is bounded: the first `sink_frames` latent frames ever generated (the attention sink)
 plus the last `window_frames` frames. Keys are cached *before* the rotary embedding and rotated
 at read time by their slot in the cache (sink first, then the window), StreamingLLM-style, so
 positions never grow and a stream can run for hours with constant memory.
 
-Sampling per chunk: `steps` flow-matching Euler steps over a shifted schedule (Wan's
-`x_sigma = (1 - sigma) x0 + sigma noise`, the transformer predicts `noise - x0`), through the
-LTC sampler; then one call on the clean chunk at t = 0 writes its keys/values into the cache
-(Self-Forcing's context update). `sampler="renoise"` is Self-Forcing's own few-step sampler
-(predict x0, re-noise with fresh noise), kept to measure why LTC needs the deterministic one.
+Sampling per chunk follows the model folder (`stream.json` of `ltc-stream import`): by default
+the authors' few-step sampler (`sampler="renoise"`: predict x0 at each of the folder's sigmas and
+re-noise it with fresh noise to the next), the transformer receiving the authors' timesteps in
+float32 with a float64 sinusoid, as their reference computes it; then one call on the clean chunk at
+t = 0 writes its keys/values into the cache (Self-Forcing's context update, context noise 0).
+`sampler="euler"` is a deterministic flow-matching Euler sampler over the same sigmas, run through
+the LTC sampler: a departure from the published models (other samples from the same noise).
+Reward Forcing's EMA sink folds the frames leaving the window into the sink (`sink_ema`).
 """
 from __future__ import annotations
 
@@ -29,19 +33,28 @@ from torch import nn
 from ..errors import ConfigError
 from ..ltc import LTCWeights, sample
 from .base import ChunkResult, VideoModel
+from .taehv import TAEHVMemory
 
 
 # ------------------------------------------------------------------------------------------------
 # KV cache with attention sink and rolling window
 # ------------------------------------------------------------------------------------------------
 class KVCache:
-    """Per-layer keys (pre-rotary) and values of past frames: sink frames + a rolling window."""
+    """Per-layer keys (pre-rotary) and values of past frames: sink frames + a rolling window.
 
-    def __init__(self, num_layers: int, tokens_per_frame: int, sink_frames: int, window_frames: int):
+    With `sink_ema` (Reward Forcing's EMA-Sink) the frames leaving the window are not dropped but
+    folded into the sink, one sink-sized group at a time, oldest first:
+    sink <- sink_ema * sink + (1 - sink_ema) * evicted, for keys and values alike."""
+
+    def __init__(self, num_layers: int, tokens_per_frame: int, sink_frames: int, window_frames: int,
+                 sink_ema: float | None = None):
         if sink_frames < 0 or window_frames < 1:
             raise ConfigError(f"KV cache needs sink_frames >= 0 and window_frames >= 1, got {sink_frames}, {window_frames}")
+        if sink_ema is not None and (sink_frames < 1 or not 0.0 <= sink_ema <= 1.0):
+            raise ConfigError(f"an EMA sink needs sink_frames >= 1 and 0 <= sink_ema <= 1, got {sink_frames}, {sink_ema}")
         self.tokens_per_frame = tokens_per_frame
         self.sink_frames, self.window_frames = sink_frames, window_frames
+        self.sink_ema = sink_ema
         self.k: list[torch.Tensor | None] = [None] * num_layers
         self.v: list[torch.Tensor | None] = [None] * num_layers
         self.frames = 0  # frames now held (<= sink + window)
@@ -58,6 +71,14 @@ class KVCache:
         tpf = self.tokens_per_frame
         sink = t[:, : self.sink_frames * tpf]
         recent = t[:, (frames - self.window_frames) * tpf:]
+        if self.sink_ema is not None:
+            evicted = t[:, self.sink_frames * tpf: (frames - self.window_frames) * tpf]
+            group = self.sink_frames * tpf
+            if evicted.shape[1] % group:
+                raise ConfigError(f"an EMA sink of {self.sink_frames} frames cannot fold in "
+                                  f"{evicted.shape[1] // tpf} evicted frames; make chunks a multiple of the sink")
+            for start in range(0, evicted.shape[1], group):
+                sink = self.sink_ema * sink + (1 - self.sink_ema) * evicted[:, start:start + group]
         return torch.cat([sink, recent], 1)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -189,12 +210,30 @@ class CausalWanAttnProcessor:
         return dispatch_attention_fn(query_r, keys, values, attn_mask=None, dropout_p=0.0, is_causal=False)
 
 
+class TimestepSinusoid(nn.Module):
+    """Wan's timestep embedding [cos | sin](t 10000^(-k / half)), k < half, computed in float64 as the
+    reference computes it (diffusers computes it in float32; the cost is one [B, 256] table)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=timesteps.device) / half)
+        angles = timesteps.to(torch.float64).flatten()[:, None] * freqs
+        return torch.cat([torch.cos(angles), torch.sin(angles)], -1).float()
+
+
 def make_causal(transformer) -> CausalContext:
-    """Swap the self-attention processors and the rope of a stock WanTransformer3DModel."""
+    """Swap the self-attention processors, the rope and the timestep sinusoid of a stock
+    WanTransformer3DModel."""
     ctx = CausalContext()
     for i, block in enumerate(transformer.blocks):
         block.attn1.set_processor(CausalWanAttnProcessor(ctx, i))
     transformer.rope = ChunkRope(transformer.rope, ctx)
+    embedder = transformer.condition_embedder
+    embedder.timesteps_proj = TimestepSinusoid(embedder.timesteps_proj.num_channels)
     return ctx
 
 
@@ -231,32 +270,6 @@ class StreamingWanDecoder:
         return torch.cat(outs, 2).clamp(-1, 1)  # [B, 3, frames, H, W]
 
 
-class TinyVideoDecoder(nn.Module):
-    """TAEHV-like tiny decoder for Wan latents on diffusers' AutoencoderTiny: each latent frame is
-    decoded on its own by the tiny 2-D decoder into `temporal_factor` RGB frames (its output channels
-    are frames x RGB). About 1/30 of the VAE decoder's cost; it needs its own trained weights
-    (a `tiny_vae/` folder beside `vae/`), random ones only serve throughput benchmarks."""
-
-    def __init__(self, tiny, vae_config, temporal_factor: int = 4):
-        super().__init__()
-        if tiny.config.out_channels != 3 * temporal_factor:
-            raise ConfigError(f"tiny decoder must output {3 * temporal_factor} channels "
-                              f"({temporal_factor} frames x RGB), its config says {tiny.config.out_channels}")
-        self.tiny, self.t = tiny, temporal_factor
-        self.register_buffer("mean", torch.tensor(vae_config.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(vae_config.latents_std).view(1, -1, 1, 1, 1), persistent=False)
-
-    @torch.no_grad()
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        b, c, f, h, w = latents.shape
-        dtype = next(self.tiny.parameters()).dtype
-        z = (latents * self.std.to(latents) + self.mean.to(latents)).to(dtype)
-        img = self.tiny.decode(z.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w), return_dict=False)[0]
-        H, W = img.shape[-2:]
-        img = img.view(b, f, self.t, 3, H, W).permute(0, 3, 1, 2, 4, 5).reshape(b, 3, f * self.t, H, W)
-        return img.clamp(-1, 1)
-
-
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """[1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3]."""
     return ((video[0].float().clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
@@ -277,6 +290,10 @@ class WanStreamState:
     cache: KVCache
     chunk_index: int = 0
     embedding: torch.Tensor | None = None  # prompt the cache was written with
+    taehv_memory: TAEHVMemory | None = None  # the tiny decoder's memory across chunks
+    # where this stream's noise comes from (shape -> tensor); None: `generator`. Equivalence tests
+    # feed the reference's own draws through it.
+    noise: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -286,14 +303,20 @@ class CausalWanModel(VideoModel):
     def __init__(self, transformer, vae, *, encode_text, height: int, width: int, steps: int = 4,
                  shift: float = 5.0, latent_frames_per_chunk: int = 3, sink_frames: int | None = None,
                  window_frames: int = 9, sampler: str = "euler", guidance_scale: float = 1.0,
-                 negative_embedding: torch.Tensor | None = None, tiny_decoder=None, fps: float = 16.0,
-                 recache: bool = True, name: str = "wan-causal", ltc_weights: LTCWeights | None = None):
+                 negative_embedding: torch.Tensor | None = None, taehv=None, fps: float = 16.0,
+                 recache: bool = True, name: str = "wan-causal", ltc_weights: LTCWeights | None = None,
+                 timesteps: list[float] | None = None, sigmas: list[float] | None = None,
+                 info: dict[str, Any] | None = None, sink_ema: float | None = None):
         if sampler not in ("euler", "renoise"):
             raise ConfigError(f"sampler must be 'euler' or 'renoise', got {sampler!r}")
         sf, sp = vae.config.scale_factor_temporal, vae.config.scale_factor_spatial
         patch = transformer.config.patch_size
         if height % (sp * patch[1]) or width % (sp * patch[2]):
             raise ConfigError(f"height and width must be multiples of {sp * patch[1]}, got {height}x{width}")
+        if sigmas is not None:  # a published model's own schedule (stream.json)
+            if len(sigmas) < 2 or sigmas[-1] != 0.0 or timesteps is None or len(timesteps) != len(sigmas) - 1:
+                raise ConfigError("a schedule needs sigmas ending in 0 and one timestep per step")
+            steps = len(sigmas) - 1
         if steps < 1:
             raise ConfigError(f"steps must be at least 1, got {steps}")
         self.transformer, self.vae = transformer, vae
@@ -306,15 +329,21 @@ class CausalWanModel(VideoModel):
         self.frames_per_chunk = latent_frames_per_chunk * sf
         self.sink_frames = latent_frames_per_chunk if sink_frames is None else sink_frames
         self.window_frames = window_frames
+        self.sink_ema = sink_ema
         self.guidance_scale = guidance_scale
         self.negative_embedding = negative_embedding
-        self.tiny_decoder = tiny_decoder
+        self.taehv = taehv
         self.recache = recache
         self.device = next(transformer.parameters()).device
         self.dtype = next(transformer.parameters()).dtype
-        self.sigmas = shifted_sigmas(steps, shift)
+        self.sigmas = list(sigmas) if sigmas is not None else shifted_sigmas(steps, shift)
+        # what the transformer receives at each sigma: 1000 sigma unless the schedule says otherwise
+        # (CausVid feeds its unwarped steps while its arithmetic uses the table's nearest sigma)
+        self.timesteps = list(timesteps) if timesteps is not None else [s * 1000.0 for s in self.sigmas[:-1]]
+        self._timestep_of = dict(zip(self.sigmas[:-1], self.timesteps))
         self.ltc_weights = ltc_weights
         self._decoders: dict[int, StreamingWanDecoder] = {}
+        self.info = dict(info or {})  # what the model folder says about itself (kind, authors' settings)
 
     # --- VideoModel -------------------------------------------------------------------------
     def encode_prompt(self, text: str) -> torch.Tensor:
@@ -333,11 +362,13 @@ class CausalWanModel(VideoModel):
         return -(-(self.sink_frames + self.window_frames) // self.latent_frames) + 1
 
     def new_stream(self, seed: int = 0) -> WanStreamState:
-        cache = KVCache(len(self.transformer.blocks), self.tokens_per_frame(), self.sink_frames, self.window_frames)
+        cache = KVCache(len(self.transformer.blocks), self.tokens_per_frame(), self.sink_frames, self.window_frames,
+                        self.sink_ema)
         return WanStreamState(generator=torch.Generator(device=self.device).manual_seed(int(seed)), cache=cache)
 
     def _velocity(self, x: torch.Tensor, sigma: float, embedding: torch.Tensor) -> torch.Tensor:
-        t = torch.full((x.shape[0],), sigma * 1000.0, device=x.device, dtype=self.dtype)
+        # float32 whatever the weights' dtype: bfloat16 would turn 937.5 into 936 and 625 into 624
+        t = torch.full((x.shape[0],), self._timestep_of.get(sigma, sigma * 1000.0), device=x.device, dtype=torch.float32)
         return self.transformer(x.to(self.dtype), timestep=t, encoder_hidden_states=embedding,
                                 return_dict=False)[0].float()
 
@@ -384,13 +415,14 @@ class CausalWanModel(VideoModel):
                 self._recache(state, embedding)
                 extra_calls += 1
         state.embedding = embedding
-        x = torch.randn(self.latent_shape(), generator=state.generator, device=self.device)
+        draw = state.noise or (lambda shape: torch.randn(shape, generator=state.generator, device=self.device))
+        x = draw(self.latent_shape()).to(self.device)
         den = self.denoiser_fn(embedding)
         if self.sampler == "euler":
             latents, info = sample(den, x, self.sigmas, self.ltc_weights if ltc else None)
             calls = info.nfe
         else:
-            latents, calls = renoise_sample(den, x, self.sigmas, state.generator), self.steps
+            latents, calls = renoise_sample(den, x, self.sigmas, draw), self.steps
         self._write_cache(state, latents, embedding)
         extra_calls += 1
         if self.device.type == "cuda":
@@ -404,11 +436,10 @@ class CausalWanModel(VideoModel):
                                   "kv_cache_frames": state.cache.frames})
 
     def decode(self, latents: torch.Tensor, state: WanStreamState) -> np.ndarray:
-        if self.tiny_decoder is not None:
-            video = self.tiny_decoder(latents)
-            if state.chunk_index == 0:  # match the causal VAE: the first latent frame is one frame
-                video = video[:, :, self.temporal_factor - 1:]
-            return to_uint8_frames(video)
+        if self.taehv is not None:  # [0, 1] frames; its memory (start-up trim included) lives in the stream
+            if state.chunk_index == 0:
+                state.taehv_memory = TAEHVMemory()
+            return to_uint8_frames(self.taehv.decode(latents, state.taehv_memory) * 2 - 1)
         dec = self._decoders.get(id(state))
         if dec is None:
             self._decoders.clear()  # one live decoder cache per stream object; streams are long-lived
@@ -418,19 +449,23 @@ class CausalWanModel(VideoModel):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info.update(sampler=self.sampler, shift=self.shift, sink_frames=self.sink_frames,
-                    window_frames=self.window_frames, decoder="tiny" if self.tiny_decoder is not None else "vae",
-                    ltc_calibrated=self.ltc_weights is not None)
+                    window_frames=self.window_frames, sink_ema=self.sink_ema, decoder="taehv" if self.taehv is not None else "vae",
+                    timesteps=self.timesteps, sigmas=self.sigmas,
+                    ltc_calibrated=self.ltc_weights is not None, **self.info)
         return info
 
 
-def renoise_sample(denoiser, x: torch.Tensor, sigmas: list[float], generator: torch.Generator,
+def renoise_sample(denoiser, x: torch.Tensor, sigmas: list[float], generator,
                    record: list | None = None) -> torch.Tensor:
-    """Self-Forcing's few-step sampler: predict x0, re-noise to the next sigma with fresh noise."""
+    """Self-Forcing's few-step sampler: predict x0, re-noise to the next sigma with fresh noise,
+    x = (1 - s) x0 + s eps (no draw after the last step). `generator`: a torch.Generator, or a
+    callable shape -> noise (a test feeding the reference's own draws)."""
+    draw = generator if callable(generator) else (
+        lambda shape: torch.randn(shape, generator=generator, device=x.device))
     for i in range(len(sigmas) - 1):
         x0 = denoiser(x, sigmas[i])
         s = sigmas[i + 1]
-        noise = torch.randn(x.shape, generator=generator, device=x.device)
-        x = (1 - s) * x0 + s * noise if s > 0 else x0
+        x = (1 - s) * x0 + s * draw(x.shape).to(x.device) if s > 0 else x0
         if record is not None:
             record.append(x)
     return x

@@ -1,0 +1,117 @@
+"""Loading a folder written by `ltc-stream import` (a `stream.json` beside diffusers components):
+the manifest decides how the model is sampled (sampler, timesteps, sigmas, frames per block, cache
+window and sink, text length), as its authors sample it. `--model-option` overrides a declared
+setting for an experiment; the loaded model's `describe()` says what it runs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..device import resolve_device
+from ..errors import ModelNotFoundError
+from .base import ModelOption, parse_model_options
+from .importers import FORMAT, MANIFEST
+
+OPTIONS: dict[str, ModelOption] = {
+    "sampler": ModelOption(
+        str, "renoise",
+        "renoise: the authors' sampler (predict x0, re-noise with fresh noise at the next sigma); "
+        "euler: deterministic flow-matching Euler over the same sigmas, a departure from the published "
+        "model (different samples from the same noise), the sampler the project's LTC weights were fitted on",
+        choices=("renoise", "euler")),
+    "sink_frames": ModelOption(int, 3, "latent frames kept for ever at the start of the KV cache "
+                                       "(default: the folder's, from its authors)", minimum=0, maximum=64),
+    "window_frames": ModelOption(int, 15, "past latent frames kept besides the sink (default: the folder's: "
+                                          "the authors' attention span less the sink and the block itself)",
+                                 minimum=1, maximum=256),
+    "recache": ModelOption(bool, True, "on a prompt switch, recompute the cached frames' keys/values under "
+                                       "the new prompt (LongLive's re-cache)"),
+}
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    file = path / MANIFEST
+    try:
+        manifest = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelNotFoundError(f"{file} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ModelNotFoundError(f"{file} is not an ltc-stream model manifest (format {FORMAT!r}); "
+                                 "make the folder with: ltc-stream import KIND SRC --base WAN_FOLDER --out DIR")
+    for key in ("kind", "sampling", "text") + (() if manifest.get("family") == "animatediff" else ("cache", "frames_per_block")):
+        if key not in manifest:
+            raise ModelNotFoundError(f"{file} lacks {key!r}; re-run ltc-stream import")
+    return manifest
+
+
+def check_folder(path: Path) -> None:
+    """Every component present, links to the base included, before a weight is read."""
+    for name in ("transformer", "vae", "text_encoder"):
+        sub = path / name
+        if sub.is_symlink() and not sub.exists():
+            raise ModelNotFoundError(f"{sub} links to {sub.readlink()}, which is gone (was the base folder moved? "
+                                     "re-run ltc-stream import)")
+        if not (sub / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} has no {name}/config.json")
+        if not any(p.name.endswith((".safetensors", ".bin")) for p in sub.iterdir()):
+            raise ModelNotFoundError(f"{sub} has a config but no weights (*.safetensors)")
+    tok = path / "tokenizer"
+    if not tok.is_dir() or not any((tok / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "spiece.model")):
+        raise ModelNotFoundError(f"{path} has no tokenizer/ files")
+
+
+def load_stream_folder(path: Path, device: str = "auto", *, decoder: str = "auto", dtype: str | None = None,
+                       height: int | None = None, width: int | None = None, **options: Any):
+    import transformers
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from .adapters import _dtype, _load_ltc, _text_encoder_fn, wan_taehv
+    from .causal_wan import CausalWanModel
+
+    manifest = read_manifest(path)
+    if manifest.get("family") == "animatediff":  # a diffusers AnimateDiffPipeline folder with its manifest
+        from .adapters import load_animatediff
+
+        meta = json.loads((path / "model_index.json").read_text())
+        given = {k: v for k, v in (("decoder", decoder), ("dtype", dtype), ("height", height), ("width", width))
+                 if v is not None}
+        sampling = manifest["sampling"]
+        options = {"steps": sampling["steps"], "guidance_scale": sampling["guidance_scale"], **given, **options}
+        return load_animatediff(path, meta, device=device, **options)
+    chosen = parse_model_options(OPTIONS, options, f"{manifest['kind']} ({path})")
+    check_folder(path)
+    dev = resolve_device(device)
+    torch_dtype = _dtype(dtype, dev)
+    transformer = WanTransformer3DModel.from_pretrained(path / "transformer", torch_dtype=torch_dtype,
+                                                        local_files_only=True)
+    vae = AutoencoderKLWan.from_pretrained(path / "vae", torch_dtype=torch_dtype, local_files_only=True)
+    enc_config = json.loads((path / "text_encoder" / "config.json").read_text())
+    enc_name = (enc_config.get("architectures") or ["UMT5EncoderModel"])[0]
+    enc_cls = getattr(transformers, enc_name, None)
+    if enc_cls is None:
+        raise ModelNotFoundError(f"text encoder class {enc_name!r} is not in transformers")
+    text_encoder = enc_cls.from_pretrained(path / "text_encoder", local_files_only=True).to(dev, torch_dtype).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+    taehv = wan_taehv(path, decoder, dev, torch_dtype)
+    transformer.to(dev).eval()
+    vae.to(dev).eval()
+    sampling, cache, video = manifest["sampling"], manifest["cache"], manifest.get("video", {})
+    encode = _text_encoder_fn(tokenizer, text_encoder, dev, torch_dtype, int(manifest["text"]["max_length"]),
+                              zero_padding=True)
+    model = CausalWanModel(
+        transformer, vae, encode_text=encode, taehv=taehv,
+        height=height or video.get("height", 480), width=width or video.get("width", 832), fps=video.get("fps", 16.0),
+        sampler=chosen.get("sampler", sampling["sampler"]), timesteps=sampling["timesteps"], sigmas=sampling["sigmas"],
+        guidance_scale=float(sampling.get("guidance_scale", 1.0)), latent_frames_per_chunk=int(manifest["frames_per_block"]),
+        sink_frames=chosen.get("sink_frames", cache["sink_frames"]),
+        window_frames=chosen.get("window_frames", cache["window_frames"]),
+        recache=chosen.get("recache", cache.get("recache_on_prompt_switch", True)),
+        sink_ema=cache.get("sink_ema") if cache.get("sink_update") == "ema" else None,
+        name=f"wan-causal:{manifest['kind']}:{path.name}",
+        info={"kind": manifest["kind"], "authors_sampler": sampling["sampler"],
+              "attention_frames": cache.get("attention_frames"), "sink_update": cache.get("sink_update", "fixed"),
+              "text_length": int(manifest["text"]["max_length"])})
+    _load_ltc(model, path)
+    return model
