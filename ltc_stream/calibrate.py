@@ -4,8 +4,8 @@ For each tau (the largest angle between adjacent transitions at which LTC may sk
 model's own calibration (`ltc.calibrate` on its first chunk) runs on one set of prompts and noise;
 then streams on other prompts and noise are generated with those weights and with every step, and
 the curve is model calls per chunk against the PSNR of the LTC frames against the full-step frames
-(the pixels a viewer sees, peak 255). `--save TAU` writes that tau's weights into the folder as
-`ltc_weights.json`, which serve, render and bench load with the model.
+(the pixels a viewer sees, peak 255). With one `--tau` and `--save`, its weights go into the
+folder as `ltc_weights.json`, which serve, render and bench load with the model.
 """
 from __future__ import annotations
 
@@ -73,9 +73,10 @@ def _streams(model, embeddings, seeds, chunks: int, ltc: bool) -> tuple[list[np.
 
 
 def curve(model, taus, *, max_skips: int | None = None, prompts: int = 16, streams: int = 8, chunks: int = 2,
-          progress: bool = True) -> list[dict]:
+          progress: bool = True) -> tuple[list[dict], list[LTCWeights]]:
     """One row per tau: its skipped steps, model calls per chunk and PSNR (mean and worst stream)
-    against every step, measured on streams whose prompts and noise the calibration did not see."""
+    against every step, measured on streams whose prompts and noise the calibration did not see;
+    and each tau's weights."""
     cal_prompts = calibration_prompts(model, prompts)
     texts = list(getattr(model, "example_prompts", ()) or EVAL_PROMPTS)
     per_prompt = max(1, math.ceil(streams / len(texts)))
@@ -84,10 +85,11 @@ def curve(model, taus, *, max_skips: int | None = None, prompts: int = 16, strea
     seeds = [1000 + k for k in range(per_prompt)]  # calibration draws from seed 0
     folder_weights = model.ltc_weights
     full, steps_calls = _streams(model, embeddings, seeds, chunks, ltc=False)
-    rows = []
+    rows, calibrated = [], []
     try:
         for tau in taus:
             weights = calibrate_weights(model, cal_prompts, LTCConfig(tau=tau, max_skips=max_skips))
+            calibrated.append(weights)
             model.ltc_weights = weights
             videos, calls = _streams(model, embeddings, seeds, chunks, ltc=True)
             scores = [frame_psnr(v, f) for v, f in zip(videos, full)]
@@ -99,7 +101,7 @@ def curve(model, taus, *, max_skips: int | None = None, prompts: int = 16, strea
                       f"PSNR {_show(row['psnr_db'])} dB (worst {_show(row['worst_psnr_db'])})", file=sys.stderr)
     finally:
         model.ltc_weights = folder_weights
-    return rows
+    return rows, calibrated
 
 
 def _db(value: float) -> float | None:
@@ -111,7 +113,7 @@ def _show(value: float | None) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.usage = "ltc-stream calibrate --model DIR [--tau T ...] [--save T] [options]"
+    parser.usage = "ltc-stream calibrate --model DIR [--tau T ...] [--save] [options]"
     add_model_arguments(parser, ltc=False)
     group = parser.add_argument_group("calibration")
     group.add_argument("--tau", type=float, nargs="+", default=list(TAUS), metavar="T",
@@ -121,8 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prompts", type=int, default=16, metavar="N", help="calibration prompts (default 16)")
     group.add_argument("--streams", type=int, default=8, metavar="N", help="evaluated streams (default 8)")
     group.add_argument("--chunks", type=int, default=2, metavar="N", help="chunks per evaluated stream (default 2)")
-    group.add_argument("--save", type=float, default=None, metavar="T",
-                       help=f"write the weights for tau T into the model folder ({LTC_FILE})")
+    group.add_argument("--save", action="store_true",
+                       help=f"with one --tau: write its weights into the model folder ({LTC_FILE})")
     group.add_argument("--json", action="store_true", help="print JSON only")
 
 
@@ -130,28 +132,28 @@ def main(args: argparse.Namespace) -> int:
     for name in ("prompts", "streams", "chunks"):
         if not 1 <= getattr(args, name) <= 1000:
             raise ConfigError(f"--{name} must be between 1 and 1000, got {getattr(args, name)}")
-    for tau in [*args.tau, *([args.save] if args.save is not None else [])]:
+    for tau in args.tau:
         LTCConfig(tau=tau, max_skips=args.max_skips).validate()
     folder = Path(args.model).expanduser()
-    if args.save is not None and not folder.is_dir():
+    if args.save and len(args.tau) != 1:
+        raise ConfigError(f"--save writes one calibration: give one --tau (the curve's choice), got {len(args.tau)}")
+    if args.save and not folder.is_dir():
         raise ConfigError(f"--save writes {LTC_FILE} into a model folder; {args.model!r} is a built-in name (for the "
                           "packaged default model, copy its folder and calibrate the copy)")
     model = load_model_from_args(args)
-    rows = curve(model, args.tau, max_skips=args.max_skips, prompts=args.prompts, streams=args.streams,
-                 chunks=args.chunks, progress=not args.json)
     current = model.ltc_weights  # what the folder holds now, for comparison with the curve
+    rows, calibrated = curve(model, args.tau, max_skips=args.max_skips, prompts=args.prompts, streams=args.streams,
+                             chunks=args.chunks, progress=not args.json)
     report = {"model": model.name, "steps": model.steps, "max_skips": args.max_skips, "curve": rows,
               "folder_weights": None if current is None else {"tau": current.config.get("tau"),
                                                               "max_skips": current.config.get("max_skips"),
                                                               "skipped_steps": current.skipped_steps},
               "command": getattr(args, "command_line", None)}
-    if args.save is not None:
-        weights = calibrate_weights(model, calibration_prompts(model, args.prompts),
-                                    LTCConfig(tau=args.save, max_skips=args.max_skips))
-        weights.save(folder / LTC_FILE)
-        report["saved"] = {"file": str(folder / LTC_FILE), "tau": args.save, "skipped_steps": weights.skipped_steps}
+    if args.save:
+        calibrated[0].save(folder / LTC_FILE)
+        report["saved"] = str(folder / LTC_FILE)
         if not args.json:
-            print(f"[calibrate] saved tau {args.save:g} (skips steps {weights.skipped_steps}) to {folder / LTC_FILE}",
-                  file=sys.stderr)
+            print(f"[calibrate] saved tau {args.tau[0]:g} (skips steps {calibrated[0].skipped_steps}) to "
+                  f"{folder / LTC_FILE}", file=sys.stderr)
     print(json.dumps(report))
     return 0

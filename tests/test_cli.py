@@ -179,7 +179,7 @@ def test_frame_psnr_is_the_analytic_value():
 def test_calibrate_prints_the_curve_and_saves_the_chosen_tau(tmp_path):
     """On a copy of the packaged default model: tau 0.3 skips one of its 4 steps (the packaged
     weights, calibrated at tau 0.3, skip step 2 at an angle of 0.097 rad), at a PSNR well above
-    noise; --save writes weights the folder then loads with the model."""
+    noise; with --save, the weights go into the folder, which then loads them with the model."""
     from ltc_stream.models.default import PACKAGED
 
     folder = tmp_path / "model"
@@ -188,21 +188,27 @@ def test_calibrate_prints_the_curve_and_saves_the_chosen_tau(tmp_path):
         if f.suffix in (".json", ".safetensors") and f.name != "ltc_weights.json":
             shutil.copy(f, folder / f.name)
     assert load_model(str(folder), device="cpu").ltc_weights is None
-    out = run_cli("calibrate", "--model", str(folder), "--device", "cpu", "--tau", "0.01", "0.3", "--prompts", "4",
-                  "--streams", "1", "--chunks", "1", "--save", "0.3", "--json", timeout=300)
+    common = ["--model", str(folder), "--device", "cpu", "--prompts", "4", "--streams", "1", "--chunks", "1", "--json"]
+    out = run_cli("calibrate", *common, "--tau", "0.01", "0.3", timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     none, one = report["curve"]
     assert none["skipped_steps"] == [] and none["model_calls"] == 4 and none["psnr_db"] is None  # identical
     assert one["skipped_steps"] == [2] and one["model_calls"] == 3 and 25 < one["psnr_db"] < 80
+    assert not (folder / "ltc_weights.json").exists()  # the curve alone changes nothing
+    again = run_cli("calibrate", *common, "--tau", "0.3", "--save", timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1])["curve"] == [one]  # deterministic
     saved = json.loads((folder / "ltc_weights.json").read_text())
     assert [i for i, s in enumerate(saved["skip"]) if s] == [2]
     assert load_model(str(folder), device="cpu").ltc_weights.skipped_steps == [2]  # its key matches the model
 
 
-def test_calibrate_save_refuses_a_built_in_name():
-    out = run_cli("calibrate", "--model", "default", "--save", "0.3")
+def test_calibrate_save_refuses_a_built_in_name_and_several_taus():
+    out = run_cli("calibrate", "--model", "default", "--tau", "0.3", "--save")
     assert out.returncode == 2 and "--save writes ltc_weights.json into a model folder" in out.stderr
+    out = run_cli("calibrate", "--model", "default", "--tau", "0.1", "0.3", "--save")
+    assert out.returncode == 2 and "give one --tau (the curve's choice), got 2" in out.stderr
 
 
 def test_random_weight_models_refuse_to_run_without_the_flag():
