@@ -31,15 +31,16 @@ RANDOM_NAMES = ("wan-causal-1.3b", "animatediff-lightning")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = add_model_arguments(parser, ltc=False)  # LTC is one of the levers
     model.add_argument("--random-weights", action="store_true",
-                       help="wan-causal-1.3b / animatediff-lightning at full size with random weights (throughput only)")
+                       help="wan-causal-1.3b, animatediff-lightning: full size, random weights")
     run = parser.add_argument_group("measurement")
-    run.add_argument("--chunks", type=int, default=6, help="measured chunks per configuration")
-    run.add_argument("--warmup", type=int, default=2,
-                     help="unmeasured chunks first; at least the model's steady state (Wan: until its KV cache is full)")
-    run.add_argument("--levers", default="ltc,decoder,compile",
-                     help="comma list of levers to switch on in turn: ltc, decoder (tiny), compile, cudagraphs")
-    run.add_argument("--tau", type=float, default=None, help="LTC tau for calibrating a model without LTC weights")
-    run.add_argument("--output", default=None, help="also write the JSON here")
+    run.add_argument("--chunks", type=int, default=6, metavar="N", help="measured chunks per configuration (default 6)")
+    run.add_argument("--warmup", type=int, default=2, metavar="N",
+                     help="unmeasured chunks first, at least the model's steady state (Wan: a full KV cache)")
+    run.add_argument("--levers", default="ltc,decoder,compile", metavar="LIST",
+                     help="switched on in turn: ltc, decoder (tiny), compile, cudagraphs")
+    run.add_argument("--tau", type=float, default=None, metavar="T",
+                     help="LTC tau for calibrating a model without LTC weights")
+    run.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
     run.add_argument("--json", action="store_true", help="print JSON only")
 
 

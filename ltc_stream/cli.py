@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"ltc-stream {name}", description=help_text,
-                                     formatter_class=_formatter)
+    parser = argparse.ArgumentParser(prog=f"ltc-stream {name}", usage=f"ltc-stream {name} [options]",
+                                     description=help_text, formatter_class=_formatter)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     args.command_line = shlex.join(["ltc-stream", *name.split(), *rest])  # as given, for reports that record it

@@ -102,13 +102,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.usage = "ltc-stream render --prompt [SECONDS:]TEXT ... --output FILE [options]"
     parser.add_argument("--prompt", action="append", required=True, metavar="[SECONDS:]TEXT",
                         help="repeat to change the prompt over time")
-    parser.add_argument("--seconds", type=float, default=8.0, help="length of the video (default 8)")
+    parser.add_argument("--seconds", type=float, default=8.0, metavar="S", help="length of the video (default 8)")
     parser.add_argument("--output", type=Path, required=True, metavar="FILE", help="the .mp4, .mkv or .mov to write")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--on-prompt-change", choices=PROMPT_CHANGE_OPTIONS, default="auto",
-                        help="cut: a fresh scene; blend: morph over two chunks; auto: the model's choice")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="noise seed (default 0)")
+    parser.add_argument("--on-prompt-change", choices=PROMPT_CHANGE_OPTIONS, default="auto", metavar="HOW",
+                        help="cut (a fresh scene), blend (morph), auto (the model's choice)")
     group = add_model_arguments(parser)
-    group.add_argument("--fps", type=float, default=None, help="frame rate of the video (default: the model's)")
+    group.add_argument("--fps", type=float, default=None, metavar="F", help="frame rate of the video (default: the model's)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -110,10 +110,10 @@ async def run_bench(model, cfg: ServerConfig, seconds: float, prompt_every: floa
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     run = parser.add_argument_group("measurement")
-    run.add_argument("--seconds", type=float, default=30.0, help="measurement window after the first frame")
-    run.add_argument("--prompt-every", type=float, default=5.0, help="send a new prompt this often (seconds)")
+    run.add_argument("--seconds", type=float, default=30.0, metavar="S", help="measured after the first frame (default 30)")
+    run.add_argument("--prompt-every", type=float, default=5.0, metavar="S", help="send a new prompt this often (default 5)")
     run.add_argument("--json", action="store_true", help="print JSON only")
-    run.add_argument("--output", help="also write the JSON (with the command that made it) to this file")
+    run.add_argument("--output", metavar="FILE", help="also write the JSON (with its command) here")
 
 
 def main(args: argparse.Namespace) -> int:
