@@ -114,6 +114,16 @@ def test_render_refuses_bad_model_options_in_one_line(tmp_path, args, message):
     assert not (tmp_path / "x.mp4").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (("--model-option", "no_such_key=1"), "unknown model option(s) for the default model: no_such_key"),
+    (("--size", "64x64"), "the default model draws at the size its weights were trained at"),
+])
+def test_serve_refuses_bad_model_options_before_serving(args, message):
+    out = run_cli("serve", "--port", "0", "--device", "cpu", *args)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr and "serving" not in out.stdout
+
+
 def test_size_is_width_by_height():
     parser = argparse.ArgumentParser()
     cli.add_model_arguments(parser)
