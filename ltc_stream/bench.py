@@ -1,4 +1,4 @@
-"""`ltc-stream bench`: a model's chunk generation, lever by lever, side by side in one run.
+"""`ltc-stream bench model`: a model's chunk generation, lever by lever, side by side in one run.
 
 For each configuration (LTC off/on, full VAE or tiny decoder, eager or torch.compile / CUDA
 graphs) it runs warm-up chunks, then measures steady-state chunks and reports:
@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .cli import add_model_arguments, load_model_from_args
 from .errors import ConfigError
 from .ltc import LTCConfig
 from .models.speed import compile_network, steady_state_chunks
@@ -28,28 +29,24 @@ RANDOM_NAMES = ("wan-causal-1.3b", "animatediff-lightning")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="default", help="default, a local folder, or a built-in name with --random-weights")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="build wan-causal-1.3b / animatediff-lightning at full size with random weights (throughput only)")
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps per chunk (model default if omitted)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
-    parser.add_argument("--chunks", type=int, default=6, help="measured chunks per configuration")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="unmeasured chunks before measuring; at least the model's steady state (Wan: until its "
-                             "KV cache is full, 5 chunks)")
-    parser.add_argument("--levers", default="ltc,decoder,compile",
-                        help="comma list of levers to sweep: ltc, decoder (tiny), compile, cudagraphs")
-    parser.add_argument("--tau", type=float, default=None, help="LTC tau for calibration when the model has no weights")
-    parser.add_argument("--output", default=None, help="also write the JSON here")
-    parser.add_argument("--json", action="store_true", help="print JSON only")
+    model = add_model_arguments(parser, ltc=False)  # LTC is one of the levers
+    model.add_argument("--random-weights", action="store_true",
+                       help="wan-causal-1.3b, animatediff-lightning: full size, random weights")
+    run = parser.add_argument_group("measurement")
+    run.add_argument("--chunks", type=int, default=6, metavar="N", help="measured chunks per configuration (default 6)")
+    run.add_argument("--warmup", type=int, default=2, metavar="N",
+                     help="unmeasured chunks first, at least the model's steady state (Wan: a full KV cache)")
+    run.add_argument("--levers", default="ltc,decoder,compile", metavar="LIST",
+                     help="switched on in turn: ltc, decoder (tiny), compile, cudagraphs")
+    run.add_argument("--tau", type=float, default=None, metavar="T",
+                     help="LTC tau for calibrating a model without LTC weights")
+    run.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
+    run.add_argument("--json", action="store_true", help="print JSON only")
 
 
-def _configs(levers: set[str], cuda: bool, tiny_available: bool) -> list[dict[str, Any]]:
+def _configs(levers: set[str], cuda: bool, tiny_available: bool, decoder: str = "vae") -> list[dict[str, Any]]:
     """Levers switched on one after another; each entry names the lever it adds."""
-    configs = [dict(lever="baseline", ltc=False, decoder="vae", compile="none")]
+    configs = [dict(lever="baseline", ltc=False, decoder=decoder, compile="none")]
     if "ltc" in levers:
         configs.append(dict(configs[-1], lever="ltc", ltc=True))
     if "decoder" in levers and tiny_available:
@@ -63,23 +60,21 @@ def _configs(levers: set[str], cuda: bool, tiny_available: bool) -> list[dict[st
 
 
 def _load(args, decoder: str):
-    from .models import load_model
-
-    options: dict[str, Any] = {k: getattr(args, k) for k in ("height", "width", "steps") if getattr(args, k) is not None}
-    if args.model == "default":
-        unknown = {"height", "width"} & set(options)
-        if unknown:
-            raise ConfigError("the default model's resolution is fixed by its weights (128x128); drop --height/--width")
-        return load_model("default", device=args.device, **options)
     if args.model in RANDOM_NAMES and not args.random_weights:
         raise ConfigError(f"{args.model!r} has no weights here (nothing is downloaded): pass a local diffusers "
                           "folder, or --random-weights to measure throughput at full size")
-    return load_model(args.model, device=args.device, decoder=decoder, dtype=args.dtype, **options)
+    from .models import model_family
+
+    if model_family(args.model) == "default":
+        return load_model_from_args(args)
+    return load_model_from_args(args, decoder=decoder)
 
 
 def _tiny_available(args) -> bool:
     from pathlib import Path
 
+    if args.decoder is not None:  # the operator chose the decoder: it is not a lever
+        return False
     if args.model in RANDOM_NAMES:
         return True
     folder = Path(args.model)  # TAESD (tiny_vae/) for AnimateDiff, TAEHV (taehv/taew2_1.pth) for Wan
@@ -194,7 +189,7 @@ def main(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     entries: list[dict[str, Any]] = []
-    for cfg in _configs(levers, device.type == "cuda", _tiny_available(args)):
+    for cfg in _configs(levers, device.type == "cuda", _tiny_available(args), args.decoder or "vae"):
         if not args.json:
             print(f"[bench] {cfg} ...", file=sys.stderr, flush=True)
         try:
@@ -235,15 +230,9 @@ def _result(args, device, entries: list[dict[str, Any]]) -> dict[str, Any]:
         "note": "random weights: throughput only, frames are noise" if args.random_weights else None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
-        "height": args.height, "width": args.width, "steps": args.steps,
+        "size": "x".join(map(str, args.size)) if args.size else None, "steps": args.steps,
         "chunks": args.chunks, "warmup": args.warmup,
         "command": getattr(args, "command_line", None),
         "runs": entries,
         "lever_speedups": _shares(entries) if len(entries) > 1 else {},
     }
-
-
-if __name__ == "__main__":  # python -m ltc_stream.bench
-    parser = argparse.ArgumentParser(prog="python -m ltc_stream.bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    sys.exit(main(parser.parse_args()))

@@ -3,7 +3,7 @@
     ltc-stream render --prompt "0:a red circle moving left on a blue background" \\
                       --prompt "4:a yellow star spinning on a black background" \\
                       --seconds 8 --output out.mp4 [--model default] [--no-ltc] [--seed N]
-                      [--on-prompt-change auto|cut|blend]
+                      [--fps F] [--on-prompt-change auto|cut|blend] (and the model options of serve)
 
 A prompt "T:text" takes effect at the first chunk boundary at or after T seconds, taken up exactly
 as in the live stream: a scene cut, or blended in over two chunks (`ltc_stream.stream.Steering`).
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
-from .models.default import add_sampling_arguments, sampling_options
+from .cli import add_model_arguments, load_model_from_args
 from .stream import PROMPT_CHANGE_OPTIONS, Steering
 
 
@@ -53,9 +53,11 @@ def _is_number(text: str) -> bool:
 
 
 def render(model, prompts: list[tuple[float, str]], seconds: float, *, ltc: bool = True, seed: int = 0,
-           progress: bool = True, prompt_change: str | None = None) -> tuple[np.ndarray, dict]:
-    """Frames uint8 [N, H, W, 3] for `seconds` of video, and figures about the run."""
-    total = int(round(seconds * model.fps))
+           progress: bool = True, prompt_change: str | None = None, fps: float | None = None) -> tuple[np.ndarray, dict]:
+    """Frames uint8 [N, H, W, 3] for `seconds` of video at `fps` (default: the model's), and figures
+    about the run."""
+    fps = fps or model.fps
+    total = int(round(seconds * fps))
     steering = Steering(model, model.encode_prompt(prompts[0][1]), seed=seed, mode=prompt_change)
     pending = list(prompts[1:])
     frames, calls, steps, t0 = [], 0, 0, time.perf_counter()
@@ -63,7 +65,7 @@ def render(model, prompts: list[tuple[float, str]], seconds: float, *, ltc: bool
 
     bar = tqdm(total=total, desc="render", unit="frame", disable=not progress, file=sys.stderr)
     while sum(len(f) for f in frames) < total:
-        now = sum(len(f) for f in frames) / model.fps
+        now = sum(len(f) for f in frames) / fps
         while pending and pending[0][0] <= now + 1e-9:
             steering.set(model.encode_prompt(pending.pop(0)[1]))
         result = model.generate_chunk(*steering.next(), ltc=ltc)
@@ -74,7 +76,7 @@ def render(model, prompts: list[tuple[float, str]], seconds: float, *, ltc: bool
     bar.close()
     video = np.concatenate(frames)[:total]
     elapsed = time.perf_counter() - t0
-    return video, {"frames": len(video), "seconds_of_video": len(video) / model.fps, "wall_s": round(elapsed, 2),
+    return video, {"frames": len(video), "seconds_of_video": len(video) / fps, "wall_s": round(elapsed, 2),
                    "generation_fps": round(len(video) / elapsed, 1), "model_calls": calls, "steps": steps}
 
 
@@ -97,37 +99,36 @@ def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompt", action="append", required=True,
-                        help='"TEXT" or "SECONDS:TEXT"; repeat to change the prompt over time')
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--output", type=Path, required=True, help="the .mp4 to write")
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--no-ltc", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--on-prompt-change", choices=PROMPT_CHANGE_OPTIONS, default="auto",
-                        help="cut: a new prompt starts a fresh scene; blend: the scene morphs over two chunks; "
-                             "auto: the model's choice (the default model cuts)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    add_sampling_arguments(parser)
+    parser.usage = "ltc-stream render --prompt [SECONDS:]TEXT ... --output FILE [options]"
+    parser.add_argument("--prompt", action="append", required=True, metavar="[SECONDS:]TEXT",
+                        help="repeat to change the prompt over time")
+    parser.add_argument("--seconds", type=float, default=8.0, metavar="S", help="length of the video (default 8)")
+    parser.add_argument("--output", type=Path, required=True, metavar="FILE", help="the .mp4, .mkv or .mov to write")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="noise seed (default 0)")
+    parser.add_argument("--on-prompt-change", choices=PROMPT_CHANGE_OPTIONS, default="auto", metavar="HOW",
+                        help="cut (a fresh scene), blend (morph), auto (the model's choice)")
+    group = add_model_arguments(parser)
+    group.add_argument("--fps", type=float, default=None, metavar="F", help="frame rate of the video (default: the model's)")
 
 
 def main(args: argparse.Namespace) -> int:
     if not 0 < args.seconds <= 3600:
         raise ConfigError(f"--seconds must be in (0, 3600], got {args.seconds}")
+    if args.fps is not None and not 1 <= args.fps <= 120:
+        raise ConfigError(f"--fps must be between 1 and 120, got {args.fps}")
     if args.output.suffix.lower() not in (".mp4", ".mkv", ".mov"):
         raise ConfigError(f"--output must end in .mp4, .mkv or .mov, got {args.output.name!r}")
     prompts = parse_timed_prompts(args.prompt)
-    from .models import load_model
-
-    model = load_model(args.model, device=args.device, **sampling_options(args))
+    model = load_model_from_args(args)
+    fps = args.fps or model.fps
     frames, info = render(model, prompts, args.seconds, ltc=not args.no_ltc, seed=args.seed,
-                          prompt_change=args.on_prompt_change)
-    write_video(args.output, frames, model.fps)
+                          prompt_change=args.on_prompt_change, fps=fps)
+    write_video(args.output, frames, fps)
     # "ltc": whether LTC ran (saved a call), not whether it was asked for: a model without LTC weights
     # for these settings runs every step and says so once at load
     applied = not args.no_ltc and info["model_calls"] < info["steps"]
     if not args.no_ltc and not applied:
         print("ltc-stream render: LTC saved no model call (no LTC weights for this model and these settings, "
-              "or weights that skip no step)", file=sys.stderr)
+              "or weights that skip no step; 'ltc-stream calibrate' makes them)", file=sys.stderr)
     print(json.dumps({"output": str(args.output), "ltc": applied, **info}))
     return 0

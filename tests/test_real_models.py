@@ -260,8 +260,8 @@ def test_bench_reports_every_lever_with_counted_calls(wan_folder):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "ltc_stream", "bench", "--model", str(wan_folder), "--device", "cpu",
-                          "--height", "32", "--width", "48", "--chunks", "1", "--warmup", "1", "--levers", "ltc,decoder",
+    out = subprocess.run([sys.executable, "-m", "ltc_stream", "bench", "model", "--model", str(wan_folder), "--device", "cpu",
+                          "--size", "48x32", "--chunks", "1", "--warmup", "1", "--levers", "ltc,decoder",
                           "--tau", "3.1", "--json"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])

@@ -38,19 +38,19 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-d
   || { tail -n 20 /tmp/install.log | tee -a "$OUT/log.txt"; exit 1; }
 (cd /tmp && python3 -c "import torch, triton, diffusers, ltc_stream.kernels; print('torch', torch.__version__, 'triton', triton.__version__, 'diffusers', diffusers.__version__)") 2>&1 | tee -a "$OUT/log.txt"
 
-step kernels "${KERNELS_S:-80}" python3 -m ltc_stream bench-kernels --device cuda --output "$OUT/kernels.json"
+step kernels "${KERNELS_S:-80}" python3 -m ltc_stream bench kernels --device cuda --output "$OUT/kernels.json"
 step default "${DEFAULT_S:-50}" python3 "$REPO/benchmarks/gpu/default_speed.py" --device cuda \
   --embedding "$REPO/benchmarks/gpu/prompt.safetensors" --sizes 128 256 512 --output "$OUT/default.json"
-step wan "${WAN_S:-220}" python3 -m ltc_stream bench --model wan-causal-1.3b --random-weights --height 480 --width 832 \
+step wan "${WAN_S:-220}" python3 -m ltc_stream bench model --model wan-causal-1.3b --random-weights --size 832x480 \
   --levers ltc,decoder,compile,cudagraphs --output "$OUT/wan.json"
-step animatediff "${AD_S:-140}" python3 -m ltc_stream bench --model animatediff-lightning --random-weights \
-  --height 512 --width 512 --levers ltc,decoder,compile,cudagraphs --output "$OUT/animatediff.json"
+step animatediff "${AD_S:-140}" python3 -m ltc_stream bench model --model animatediff-lightning --random-weights \
+  --size 512x512 --levers ltc,decoder,compile,cudagraphs --output "$OUT/animatediff.json"
 # issue 35: the imported Self-Forcing layout (random weights made by imported_wan.py, through `ltc-stream import`)
 # at 832x480 with TAEHV, beside a re-run of the built-in random-weight Wan in the same call (needs
 # transformers, tokenizers and safetensors on the machine, as import and the folder's text encoder do)
 step imported "${IMPORTED_S:-300}" bash -c "python3 '$REPO/benchmarks/gpu/imported_wan.py' /tmp/imported \
-  && python3 -m ltc_stream bench --model /tmp/imported/self-forcing --random-weights --height 480 --width 832 \
+  && python3 -m ltc_stream bench model --model /tmp/imported/self-forcing --random-weights --size 832x480 \
        --levers ltc,decoder --output '$OUT/imported-self-forcing.json' \
-  && python3 -m ltc_stream bench --model wan-causal-1.3b --random-weights --height 480 --width 832 \
+  && python3 -m ltc_stream bench model --model wan-causal-1.3b --random-weights --size 832x480 \
        --levers ltc,decoder --output '$OUT/wan-random-rerun.json'"
 ls -la "$OUT"

@@ -1,4 +1,4 @@
-"""`ltc-stream bench-kernels` (or `python -m ltc_stream.kernels.bench`): each fused kernel against
+"""`ltc-stream bench kernels`: each fused kernel against
 eager PyTorch and torch.compile of its reference, side by side in one run, at chunk-sized latents
 and at >= 64 MiB. Bytes are counted honestly: every input read once, every output written once.
 The device's copy bandwidth is measured in the same run (a clone of the same number of bytes).
@@ -16,8 +16,6 @@ import time
 from typing import Callable
 
 import torch
-
-from ltc_stream.errors import ConfigError
 
 from . import extrapolate, guided_euler_step, pair_stats
 from .extrapolate import extrapolate_ref
@@ -135,9 +133,9 @@ def main(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     if device.type == "cpu" and not args.quick:
-        print("bench-kernels: no GPU; measuring the CPU reference path", file=sys.stderr)
+        print("bench kernels: no GPU; measuring the CPU reference path", file=sys.stderr)
     result = run(device, args.quick, not args.no_compile)
-    result["command"] = "ltc-stream bench-kernels " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])
+    result["command"] = getattr(args, "command_line", None)
     text = json.dumps(result, indent=1)
     if args.output:
         with open(args.output, "w") as fh:
@@ -146,12 +144,3 @@ def main(args: argparse.Namespace) -> int:
         print(text)
     return 0
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m ltc_stream.kernels.bench")
-    add_arguments(parser)
-    try:
-        raise SystemExit(main(parser.parse_args()))
-    except ConfigError as exc:
-        print(f"bench-kernels: error: {exc}", file=sys.stderr)
-        raise SystemExit(2)

@@ -23,7 +23,13 @@ import torch
 
 from ..errors import ConfigError
 from ..ltc import LTCWeights, sample
-from .base import ChunkResult, VideoModel
+from .base import ChunkResult, ModelOption, VideoModel
+
+# the settings an operator may override with `--model-option KEY=VALUE` (load_model checks them)
+OPTIONS = {
+    "window": ModelOption(int, 16, "frames the UNet denoises at once", minimum=2),
+    "overlap": ModelOption(int, 4, "clean frames each window keeps from the previous one", minimum=0),
+}
 
 
 @dataclass

@@ -32,8 +32,20 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..ltc import LTCWeights, sample
-from .base import ChunkResult, VideoModel
+from .base import ChunkResult, ModelOption, VideoModel
 from .taehv import TAEHVMemory
+
+# the settings an operator may override with `--model-option KEY=VALUE` (load_model checks them)
+OPTIONS = {
+    "shift": ModelOption(float, 5.0, "shift of the flow-matching sigma schedule", minimum=0.01, maximum=100.0),
+    "latent_frames_per_chunk": ModelOption(int, 3, "latent frames per chunk (4 video frames each)", minimum=1),
+    "window_frames": ModelOption(int, 9, "latent frames in the KV cache's rolling window", minimum=1),
+    "sink_frames": ModelOption(int, None, "first latent frames kept as the attention sink (default: one chunk)",
+                               minimum=0),
+    "recache": ModelOption(bool, True, "re-write the KV cache under a new prompt (LongLive's re-cache)"),
+    "sampler": ModelOption(str, "euler", "euler (LTC applies) or renoise (Self-Forcing's own)",
+                           choices=("euler", "renoise")),
+}
 
 
 # ------------------------------------------------------------------------------------------------

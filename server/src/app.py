@@ -25,9 +25,9 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ltc_stream.cli import add_model_arguments, load_model_from_args
 from ltc_stream.errors import ConfigError, LTCStreamError
 from ltc_stream.models.base import VideoModel
-from ltc_stream.models.default import add_sampling_arguments, sampling_options
 from ltc_stream.stream import DEFAULT_PROMPT, PROMPT_CHANGE_OPTIONS, StreamGenerator
 
 from .metrics import Metrics
@@ -395,46 +395,39 @@ def _response(status: int, body: bytes, content_type: str) -> Response:
 
 # --- CLI -------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="default", help="default, a built-in name, or a local model folder")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--fps", type=float, default=None, help="content frame rate (default: the model's, 16)")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps per chunk (default: the model's)")
-    parser.add_argument("--no-ltc", action="store_true", help="run every sampling step (no LTC-Accel)")
-    parser.add_argument("--mode", choices=["shared", "per-viewer"], default="shared",
-                        help="shared: one stream for every viewer (a booth); per-viewer: a stream each")
-    parser.add_argument("--steer", choices=["anyone", "operator"], default="anyone",
-                        help="shared mode: who may change the prompt")
-    parser.add_argument("--max-viewers", type=int, default=8)
-    parser.add_argument("--operator-token", default=os.environ.get("LTC_OPERATOR_TOKEN"),
-                        help="token for server-wide changes (or env LTC_OPERATOR_TOKEN)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt the stream starts with")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--on-prompt-change", choices=PROMPT_CHANGE_OPTIONS, default="auto",
-                        help="cut: a new prompt starts a fresh scene at the next chunk; blend: the scene morphs "
-                             "into it over two chunks; auto: the model's choice (the default model cuts)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model's network (regionally where it repeats blocks, as Wan does) and "
-                             "warm it up before taking viewers; for GPUs: 1.2x (Wan) to 1.5x (AnimateDiff) measured, "
-                             "seconds to minutes of compiling at start-up")
-    add_sampling_arguments(parser)
+    parser.usage = "ltc-stream serve [options]"
+    model = add_model_arguments(parser)
+    model.add_argument("--fps", type=float, default=None, help="content frame rate (default: the model's)")
+    model.add_argument("--compile", action="store_true",
+                       help="torch.compile the network and warm it up before serving (GPUs)")
+    network = parser.add_argument_group("network and security")
+    network.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    network.add_argument("--port", type=int, default=8080, help="HTTP and WebSocket port (default 8080)")
+    network.add_argument("--operator-token", default=os.environ.get("LTC_OPERATOR_TOKEN"), metavar="TOKEN",
+                         help="unlocks operator actions (or env LTC_OPERATOR_TOKEN)")
+    sessions = parser.add_argument_group("sessions")
+    sessions.add_argument("--mode", choices=["shared", "per-viewer"], default="shared", metavar="MODE",
+                          help="shared: one stream for all (a booth); per-viewer: one each")
+    sessions.add_argument("--steer", choices=["anyone", "operator"], default="anyone", metavar="WHO",
+                          help="shared mode: who may change the prompt (anyone, operator)")
+    sessions.add_argument("--max-viewers", type=int, default=8, metavar="N", help="viewers at once (default 8)")
+    sessions.add_argument("--prompt", default=DEFAULT_PROMPT, metavar="TEXT", help="the prompt streams start with")
+    sessions.add_argument("--seed", type=int, default=0, metavar="N", help="noise seed of the first stream")
+    sessions.add_argument("--on-prompt-change", choices=PROMPT_CHANGE_OPTIONS, default="auto", metavar="HOW",
+                          help="cut (a fresh scene), blend (morph), auto (the model's choice)")
 
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per HTTP request is noise
-    from ltc_stream.models import load_model
 
     cfg = ServerConfig(host=args.host, port=args.port, fps=args.fps, mode=args.mode, steer=args.steer,
                        max_viewers=args.max_viewers, operator_token=args.operator_token, ltc=not args.no_ltc,
                        seed=args.seed, prompt=args.prompt,
                        prompt_change=args.on_prompt_change)
     cfg.validate()
-    options = {"steps": args.steps} if args.steps else {}
-    options.update(sampling_options(args))
     print(f"loading model {args.model!r} ...", flush=True)
-    model = load_model(args.model, device=args.device, **options)
+    model = load_model_from_args(args)
     if args.compile:
         from ltc_stream.models.speed import compile_network, warm_up
 

@@ -1,4 +1,4 @@
-"""`ltc-stream bench-e2e`: start a server in this process, connect a real WebRTC client (aiortc) on
+"""`ltc-stream bench e2e`: start a server in this process, connect a real WebRTC client (aiortc) on
 loopback, and report what a viewer gets: received FPS, frame-interval jitter, time to first frame,
 and prompt-to-screen latency. Prints one JSON object."""
 from __future__ import annotations
@@ -15,6 +15,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from websockets.asyncio.client import connect
 
+from ltc_stream.cli import add_model_arguments, load_model_from_args
 from ltc_stream.errors import ConfigError
 
 from .app import ServerConfig, StreamServer
@@ -107,29 +108,26 @@ async def run_bench(model, cfg: ServerConfig, seconds: float, prompt_every: floa
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--seconds", type=float, default=30.0, help="measurement window after the first frame")
-    parser.add_argument("--prompt-every", type=float, default=5.0, help="send a new prompt this often (seconds)")
-    parser.add_argument("--no-ltc", action="store_true")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--json", action="store_true", help="print JSON only")
-    parser.add_argument("--output", help="also write the JSON (with the command that made it) to this file")
+    add_model_arguments(parser)
+    run = parser.add_argument_group("measurement")
+    run.add_argument("--seconds", type=float, default=30.0, metavar="S", help="measured after the first frame (default 30)")
+    run.add_argument("--prompt-every", type=float, default=5.0, metavar="S", help="send a new prompt this often (default 5)")
+    run.add_argument("--json", action="store_true", help="print JSON only")
+    run.add_argument("--output", metavar="FILE", help="also write the JSON (with its command) here")
 
 
 def main(args: argparse.Namespace) -> int:
     if not 1 <= args.seconds <= 3600:
         raise ConfigError(f"--seconds must be between 1 and 3600, got {args.seconds}")
-    from ltc_stream.models import load_model
-
-    model = load_model(args.model, device=args.device)
+    model = load_model_from_args(args)
     cfg = ServerConfig(port=0, ltc=not args.no_ltc)
     if not args.json:
-        print(f"bench-e2e: {args.seconds:g} s with {model.name} ({model.width}x{model.height}), LTC {'off' if args.no_ltc else 'on'}",
+        print(f"bench e2e: {args.seconds:g} s with {model.name} ({model.width}x{model.height}), LTC {'off' if args.no_ltc else 'on'}",
               file=sys.stderr)
     result = asyncio.run(run_bench(model, cfg, args.seconds, args.prompt_every))
     result = {"model": model.name, "resolution": [model.width, model.height], "content_fps": model.fps,
               "ltc": not args.no_ltc, "seconds": args.seconds, **result,
-              "command": "ltc-stream bench-e2e " + " ".join(sys.argv[2:])}
+              "command": getattr(args, "command_line", None)}
     print(json.dumps(result))
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
