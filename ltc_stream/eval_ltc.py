@@ -206,7 +206,9 @@ def print_curve(curve: dict, file=None) -> None:
 # ---------------------------------------------------------------------------------------------
 # The two models
 # ---------------------------------------------------------------------------------------------
-def _noises(shape, steps: int, seed: int) -> list[torch.Tensor]:
+def renoise_tensors(shape, steps: int, seed: int) -> list[torch.Tensor]:
+    """The steps - 1 fresh-noise tensors a re-noise curve feeds its runs (`ltc_curve`'s
+    `noises_cal`/`noises_eval`), drawn reproducibly from `seed`."""
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(shape, generator=gen) for _ in range(steps - 1)]
 
@@ -215,7 +217,8 @@ def oracle_setup(steps: int, samples: int, seed: int) -> dict:
     oracle = GaussianMixtureOracle(seed=seed)
     x_cal, x_eval = oracle.noise(samples, seed + 1), oracle.noise(samples, seed + 2)
     return dict(denoiser=oracle, sigmas=linear_sigmas(steps), x_cal=x_cal, x_eval=x_eval, respace=linear_sigmas,
-                noises_cal=_noises(x_cal.shape, steps, seed + 3), noises_eval=_noises(x_eval.shape, steps, seed + 4),
+                noises_cal=renoise_tensors(x_cal.shape, steps, seed + 3),
+                noises_eval=renoise_tensors(x_eval.shape, steps, seed + 4),
                 model="oracle (Gaussian mixture, exact denoiser), linear sigmas")
 
 
@@ -255,7 +258,7 @@ def default_model_setup(folder: str | None, prompts: int, seeds: int, seed: int,
 
     return dict(denoiser=denoiser, sigmas=model.sigmas.tolist(), x_cal=x_cal, x_eval=x_eval,
                 respace=lambda k: sigma_schedule(k).tolist(),
-                noises_cal=_noises(x_cal.shape, n, seed + 3), noises_eval=_noises(x_eval.shape, n, seed + 4),
+                noises_cal=renoise_tensors(x_cal.shape, n, seed + 3), noises_eval=renoise_tensors(x_eval.shape, n, seed + 4),
                 model=f"{model.name} ({model.stage}, {n} steps, {folder or 'packaged'}), network only, first chunks; "
                       f"calibrated on 16 training-style captions, evaluated on {prompts} held-out captions x {seeds} draws")
 
