@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-ltc": ("ltc_stream.eval_ltc", "measure LTC-Accel against full-step, re-spaced and reuse sampling"),
     "bench-kernels": ("ltc_stream.kernels.bench", "benchmark the fused kernels against eager and compiled PyTorch"),
     "bench-e2e": ("ltc_stream.server.bench_e2e", "start a server, connect a WebRTC client, report FPS and latency"),
+    "bench-load": ("ltc_stream.server.bench_load", "load, attack and fault scenarios against a server on loopback (JSON)"),
     "bench": ("ltc_stream.bench", "benchmark a model's chunk generation (denoise, decode, end-to-end FPS)"),
     "train-default": ("ltc_stream.models.default.train", "train and distil the built-in default model"),
     "eval-default": ("ltc_stream.models.default.evaluate", "measure the default model: speed, prompt fidelity, continuity, LTC"),

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -39,6 +40,7 @@ from .track import FramePump, PacedVideoTrack
 log = logging.getLogger("ltc_stream.server")
 
 STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
+SOCKET_BUFFER_BYTES = 256 * 1024  # per WebSocket, instead of the kernel's autotuning up to megabytes
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 
 
@@ -65,11 +67,12 @@ class ServerConfig:
     threads: int | None = None  # torch threads for generation (default: cores - 1)
     video_bitrate: int = 1_500_000  # each sender's starting bitrate (aiortc clamps VP8 to 0.25-1.5 Mbit/s)
     # --- admission: a slot is held by a viewer receiving video, or for at most offer_deadline
-    # seconds by one negotiating; negotiating sockets are also capped (all addresses together,
-    # default half the slots, so bare sockets never hold every slot) and each address is capped
+    # seconds by one negotiating. Sockets still negotiating are capped for all addresses together
+    # (default half the slots, so bare sockets never hold every slot) and every address is capped
+    # below that (so one address cannot hold the whole negotiating allowance either).
     offer_deadline: float = 10.0
-    max_negotiating: int | None = None  # None: max(1, max_viewers // 2)
-    max_per_address: int = 4
+    max_negotiating: int | None = None  # None: max(2, max_viewers // 2)
+    max_per_address: int = 2
     allowed_origins: tuple[str, ...] = ()  # besides this server's own origin and localhost at its port
     # --- abuse and slow clients
     error_burst: int = 20  # refused messages a connection may send (refilled 1 per second) before it is closed
@@ -107,7 +110,7 @@ class ServerConfig:
 
     @property
     def negotiating_limit(self) -> int:
-        return self.max_negotiating or max(1, self.max_viewers // 2)
+        return self.max_negotiating or max(2, self.max_viewers // 2)
 
 
 def normalise_origin(origin: str) -> str:
@@ -228,9 +231,13 @@ class Viewer:
     deadline: asyncio.Task | None = None
     sender: asyncio.Task | None = None
 
-    def send(self, message: dict[str, Any]) -> bool:
+    def send(self, message: dict[str, Any], last: bool = False) -> bool:
         """Queue a message without waiting: a viewer that stops reading never holds up the others.
-        A full outbox drops the message (counted)."""
+        A full outbox drops the message (counted); the `last` one before a close drops the oldest."""
+        if last and self.outbox.full():
+            self.outbox.get_nowait()
+            self.outbox.task_done()
+            self.metrics.messages_dropped.inc()
         try:
             self.outbox.put_nowait(json.dumps(message))
             return True
@@ -284,7 +291,7 @@ class StreamServer:
         goodbye = {"type": "goodbye", "code": "shutting_down", "message": "the server is shutting down"}
         viewers = list(self.viewers)
         for viewer in viewers:
-            viewer.send(goodbye)
+            viewer.send(goodbye, last=True)
         await asyncio.wait([asyncio.create_task(self._close_viewer(v, flush=True, close_code=1001)) for v in viewers]
                            or [asyncio.create_task(asyncio.sleep(0))], timeout=timeout)
         if self.shared:
@@ -407,6 +414,9 @@ class StreamServer:
                 pass
             await ws.close(1008 if code == "origin_not_allowed" else 1013, code)
             return
+        sock = ws.transport.get_extra_info("socket")
+        if sock is not None:  # signalling is small: a fixed kernel buffer bounds what a non-reader can pin
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
         cfg = self.cfg
         viewer = Viewer(ws, ws.remote_address[0] if ws.remote_address else "?", self.shared, cfg.prompt, self.metrics,
                         outbox=asyncio.Queue(cfg.outbox_messages),
@@ -471,7 +481,7 @@ class StreamServer:
         """Refuse an admitted viewer: an error with a code, then close; nobody else is touched."""
         self.metrics.refusals.labels(code).inc()
         log.info("closing a viewer: %s", code)
-        viewer.send({"type": "error", "code": code, "message": message})
+        viewer.send({"type": "error", "code": code, "message": message}, last=True)
         await self._close_viewer(viewer, flush=True, close_code=close_code, reason=code)
 
     async def _close_viewer(self, viewer: Viewer, flush: bool = False, close_code: int = 1000,
@@ -711,7 +721,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
                             "in credentials; the page receives them, so use credentials meant for viewers)")
     group.add_argument("--offer-deadline", type=float, default=10.0, metavar="S",
                        help="seconds a new connection may take to get its video up before it is closed")
-    group.add_argument("--max-per-address", type=int, default=4, help="connections from one address")
+    group.add_argument("--max-per-address", type=int, default=2, help="connections from one address (default 2)")
     group.add_argument("--max-negotiating", type=int, default=None,
                        help="connections still negotiating video, all addresses together (default: half the viewers)")
     group.add_argument("--video-bitrate", type=int, default=1_500_000, metavar="BPS",
