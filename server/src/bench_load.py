@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import gc
 import json
 import logging
@@ -86,8 +87,9 @@ class SyntheticModel(VideoModel):
 
 
 # --- measurement helpers ---------------------------------------------------------------------
-def resources() -> dict[str, float]:
-    gc.collect()
+def resources(collect: bool = True) -> dict[str, float]:
+    if collect:  # a full collection pauses the clients' loop for a while: not while they are measured
+        gc.collect()
     rss_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                   if line.startswith("VmRSS:"))
     return {"rss_mb": round(rss_kb / 1024, 1), "fds": len(os.listdir("/proc/self/fd")),
@@ -438,7 +440,8 @@ def _fuzz_sync(port: int, base_sdp: str, examples: int, seed: int) -> dict:
     message = st.one_of(schema, sdp, garbage)
 
     tally = {"examples": 0, "codes": {}, "replies": {}, "unexpected": [], "no_reply": 0, "reconnects": 0}
-    conn = [sync_connect(f"ws://127.0.0.1:{port}/ws")]
+    connections = contextlib.ExitStack()
+    conn = [connections.enter_context(sync_connect(f"ws://127.0.0.1:{port}/ws"))]
     _next_direct(conn[0])  # hello
 
     @hypothesis_seed(seed)
@@ -454,7 +457,7 @@ def _fuzz_sync(port: int, base_sdp: str, examples: int, seed: int) -> dict:
             tally["no_reply"] += 1
             reply = None
         if reply is None:
-            conn[0] = sync_connect(f"ws://127.0.0.1:{port}/ws")
+            conn[0] = connections.enter_context(sync_connect(f"ws://127.0.0.1:{port}/ws"))
             _next_direct(conn[0])
             tally["reconnects"] += 1
             return
@@ -471,8 +474,8 @@ def _fuzz_sync(port: int, base_sdp: str, examples: int, seed: int) -> dict:
         if not good:
             tally["unexpected"].append({"sent": str(raw)[:120], "reply": reply})
 
-    probe()
-    conn[0].close()
+    with connections:
+        probe()
     return {"load": {"examples": tally["examples"], "seed": seed,
                      "kinds": "schema-shaped JSON, mutated SDP offers, raw text and bytes"},
             "held": {"replies": tally["replies"], "error_codes": tally["codes"]},
@@ -579,7 +582,7 @@ async def soak(port: int, server: StreamServer, seconds: float, viewers: int) ->
                 pass
             await w.close(abrupt=cycles % 2 == 1)
             cycles += 1
-        samples.append(resources())
+        samples.append(resources(collect=False))
         if time.perf_counter() - last_window >= 10 or time.perf_counter() - t0 >= seconds:
             now = time.perf_counter()
             window_fps.append(min(w.fps(last_window, now) for w in watchers))
