@@ -516,3 +516,28 @@ def test_two_servers_in_one_process_keep_their_own_bitrates():
             await high.stop()
     assert run(body()) == [300_000, 1_200_000]
     assert vpx.DEFAULT_BITRATE == module_default == 500_000
+
+
+def test_serve_flags(capsys):
+    import argparse
+
+    from ltc_stream import cli
+
+    parser = argparse.ArgumentParser()
+    server_app.add_arguments(parser)
+    args = parser.parse_args(["--ice-server", "stun:stun.example.org", "--ice-server", "turn:u:p@t.example.org:3478",
+                              "--allowed-origin", "https://booth.example.org", "--offer-deadline", "5",
+                              "--max-per-address", "3", "--max-negotiating", "6", "--video-bitrate", "800000",
+                              "--log-level", "debug"])
+    cfg = ServerConfig(**server_app.connection_options(args))
+    cfg.validate()
+    assert cfg.ice_servers == ("stun:stun.example.org", "turn:u:p@t.example.org:3478")
+    assert (cfg.allowed_origins, cfg.offer_deadline, cfg.max_per_address, cfg.negotiating_limit,
+            cfg.video_bitrate) == (("https://booth.example.org",), 5.0, 3, 6, 800000)
+    assert ServerConfig(max_viewers=8).negotiating_limit == 4 and ServerConfig(max_viewers=1).negotiating_limit == 2
+    # a bad value is one line and exit 2, before any model loads; the password is not echoed
+    assert cli.main(["serve", "--ice-server", "turn:user:hunter2@", "--log-level", "warning"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ice-server" in err and "hunter2" not in err
+    assert logging.getLogger("websockets").getEffectiveLevel() >= logging.WARNING
+    assert cli.main(["serve", "--offer-deadline", "0"]) == 2

@@ -646,10 +646,11 @@ class StreamServer:
                 if stream is self.shared:  # the booth goes on with a fresh stream for whoever comes next
                     self.shared = self._new_stream(self.cfg.prompt)
                     self.shared.start()
-                for viewer in list(stream.viewers):
-                    await self._drop(viewer, "stream_failed", f"the model failed {generator.max_faults} times "
-                                     "in a row; this stream stopped (reload to start a new one)", close_code=1011)
-                await stream.stop()
+                message = (f"the model failed {generator.max_faults} times in a row; this stream stopped "
+                           "(reload to start a new one)")
+                drops = [self._drop(v, "stream_failed", message, close_code=1011) for v in list(stream.viewers)]
+                # each drop waits (bounded) for its viewer to take the message: not in the stats loop
+                asyncio.create_task(_after(asyncio.gather(*drops), stream.stop()))
 
     async def _stats_loop(self) -> None:
         while True:
@@ -672,6 +673,11 @@ class StreamServer:
                     "prompt": viewer.stream.generator.prompt, "latency_ms": viewer.stream.last_latency_ms,
                     "content_fps": viewer.stream.pump.fps,
                 })
+
+
+async def _after(first, then) -> None:
+    await first
+    await then
 
 
 def _response(status: int, body: bytes, content_type: str) -> Response:
