@@ -31,7 +31,7 @@ def test_short_suite_holds():
     assert r["slow_reader"]["lost"]["messages_dropped"] > 0
     assert r["model_fault"]["held"]["faulty_viewer_told"] == ["stream_failed"]
     for key in ("capacity_shared", "capacity_per_viewer"):
-        assert r[key]["held"]["fps_min"] >= 15.5
+        assert r[key]["held"]["fps_min"] >= 15.0 and r[key]["lost"]["viewers_below_16fps"] == 0
     assert r["soak"]["lost"]["viewers_closed"] == 0
 
 
