@@ -252,21 +252,35 @@ async def bare_socket(port: int, address: str) -> tuple[Any, dict]:
 
 
 # --- scenarios -------------------------------------------------------------------------------
-async def churn(port: int, server: StreamServer, cycles: int, abrupt_fraction: float) -> dict:
+async def churn(port: int, server: StreamServer, cycles: int, abrupt_fraction: float, warm_up: int) -> dict:
+    """`warm_up` cycles first, not counted in the deltas: the first visitors fill pools and caches
+    (the executor's threads, codec and TLS state) that stay, and are no leak."""
     keeper = await Watcher(port, "127.0.0.2").start()
     await keeper.wait_frames(16, 10)
-    before, t0 = resources(), time.perf_counter()
-    with_video = abrupt = 0
-    for i in range(cycles):
+
+    async def cycle(i: int) -> tuple[bool, bool]:
         is_abrupt = int((i + 1) * abrupt_fraction) > int(i * abrupt_fraction)
         w = Watcher(port, "127.0.0.3")
+        got = False
         try:
             await w.start(10)
-            with_video += await w.wait_frames(3, 10)
+            got = await w.wait_frames(3, 10)
         except (ConnectionClosed, OSError, TimeoutError):
             pass
         await w.close(abrupt=is_abrupt)
+        return got, is_abrupt
+
+    for i in range(warm_up):
+        await cycle(i)
+    before, t0 = resources(), time.perf_counter()
+    with_video = abrupt = 0
+    rss_every = [before["rss_mb"]]
+    for i in range(cycles):
+        got, is_abrupt = await cycle(i)
+        with_video += got
         abrupt += is_abrupt
+        if (i + 1) % max(1, cycles // 5) == 0:
+            rss_every.append(resources(collect=False)["rss_mb"])
     t1 = time.perf_counter()
     settled = await _settle(lambda: len(server.viewers) == 1, 10)
     await asyncio.sleep(1.0)
@@ -274,9 +288,9 @@ async def churn(port: int, server: StreamServer, cycles: int, abrupt_fraction: f
     fps, held = keeper.fps(t0, t1), keeper.held_rate(t0, t1)
     keeper_lost = keeper.closed.is_set()
     await keeper.close()
-    return {"load": {"cycles": cycles, "abrupt": abrupt, "seconds": round(t1 - t0, 1)},
+    return {"load": {"cycles": cycles, "abrupt": abrupt, "warm_up_cycles": warm_up, "seconds": round(t1 - t0, 1)},
             "held": {"cycles_with_video": with_video, "long_lived_viewer_fps": round(fps, 2),
-                     "viewers_back_to_one": settled},
+                     "viewers_back_to_one": settled, "rss_mb_each_fifth_of_the_cycles": rss_every},
             "lost": {"cycles_without_video": cycles - with_video, "long_lived_viewer_closed": keeper_lost},
             "resources": delta(before, after),
             "ok": with_video == cycles and held and settled and not keeper_lost}
@@ -629,7 +643,7 @@ async def _settle(predicate, timeout: float) -> bool:
 
 # --- the suite -------------------------------------------------------------------------------
 SIZES = {  # full run, short run (the tests)
-    "churn": ({"cycles": 100, "abrupt_fraction": 0.5}, {"cycles": 6, "abrupt_fraction": 0.5}),
+    "churn": ({"cycles": 100, "abrupt_fraction": 0.5, "warm_up": 10}, {"cycles": 6, "abrupt_fraction": 0.5, "warm_up": 2}),
     "lockout": ({"seconds": 20.0, "visitors": 4}, {"seconds": 4.0, "visitors": 2}),
     "flood": ({"messages": 3000}, {"messages": 400}),
     "fuzz": ({"examples": 300, "seed": 39}, {"examples": 40, "seed": 39}),
