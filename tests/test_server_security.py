@@ -373,6 +373,33 @@ def test_a_model_fault_stops_or_restarts_one_stream_and_the_others_keep_streamin
     run(body(), 90)
 
 
+def test_shared_stream_that_fails_is_replaced_for_the_next_visitor():
+    async def body():
+        server = await started(FaultyModel(), prompt="a green field", max_faults=2, blend_chunks=1)
+        try:
+            ws, _ = await open_viewer(server)
+            pc, frames = await start_video(ws)
+            assert await wait_for(lambda: len(frames) >= 5, 15)
+            failing = server.shared
+            await ws.send(json.dumps({"type": "prompt", "text": "crash please"}))
+            assert (await recv_type(ws, "error", 5))["code"] == "stream_failed"
+            assert await closed(ws)
+            await pc.close()
+            assert server.shared is not failing and server.shared.generator.prompt == "a green field"
+            assert await wait_for(lambda: not failing.pump._task or failing.pump._task.done(), 5)
+            ws2, hello = await open_viewer(server)
+            assert hello["prompt"] == "a green field"
+            pc2, frames2 = await start_video(ws2)
+            assert await wait_for(lambda: len(frames2) >= 8, 15)
+            green = np.array(COLOUR_WORDS["green"])
+            assert np.abs(mean_colour(frames2[-1]) - green).max() < 25
+            await pc2.close()
+            await ws2.close()
+        finally:
+            await server.stop()
+    run(body(), 60)
+
+
 # --- SIGTERM -----------------------------------------------------------------------------------
 SERVE_SCRIPT = """
 import asyncio, sys
