@@ -271,6 +271,34 @@ def test_floods_and_garbage_close_the_abuser_and_leave_viewers_streaming():
     run(body(), 90)
 
 
+def test_offers_are_budgeted_per_address_across_reconnects():
+    async def body():
+        server = await started(ColourModel(), offer_rate=0.2)
+        try:
+            bad_offer = json.dumps({"type": "offer", "sdp": "v=0\r\nnot a session\r\n"})
+            ws = await visitor(server, "127.0.0.2")
+            await first_message(ws)
+            codes = []
+            for _ in range(4):
+                await ws.send(bad_offer)
+                codes.append((await recv_type(ws, "error"))["code"])
+            assert codes == ["bad_sdp"] * 3 + ["rate_limited"]
+            await ws.close()
+            again = await visitor(server, "127.0.0.2")  # a new socket brings no new allowance
+            await first_message(again)
+            await again.send(bad_offer)
+            assert (await recv_type(again, "error"))["code"] == "rate_limited"
+            other = await visitor(server, "127.0.0.3")  # another address has its own
+            await first_message(other)
+            await other.send(bad_offer)
+            assert (await recv_type(other, "error"))["code"] == "bad_sdp"
+            for s in (again, other):
+                await s.close()
+        finally:
+            await server.stop()
+    run(body())
+
+
 def test_a_viewer_that_stops_reading_is_bounded_then_closed():
     async def body():
         server = await started(ColourModel(), message_rate=400.0, outbox_messages=8, send_timeout=1.5)

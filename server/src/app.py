@@ -76,7 +76,7 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()  # besides this server's own origin and localhost at its port
     # --- abuse and slow clients
     error_burst: int = 20  # refused messages a connection may send (refilled 1 per second) before it is closed
-    offer_rate: float = 0.5  # offers per second per connection (burst 3): each one builds a peer connection
+    offer_rate: float = 0.5  # offers per second per address (burst 3): each one builds a peer connection
     outbox_messages: int = 32  # messages queued for a viewer's socket; more are dropped and counted
     send_timeout: float = 10.0  # a viewer whose socket takes no message for this long is closed
     max_faults: int = 3  # model faults in a row after which a stream stops (viewers are told, others unaffected)
@@ -161,13 +161,20 @@ class TokenBucket:
         self.tokens, self.stamp = burst, time.monotonic()
 
     def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
+        self._refill()
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return True
         return False
+
+    def full(self) -> bool:
+        self._refill()
+        return self.tokens >= self.burst
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
 
 
 class ClientError(LTCStreamError):
@@ -258,6 +265,8 @@ class StreamServer:
         self._server = None
         self._stats_task: asyncio.Task | None = None
         self._streams_made = 0
+        # per address, not per connection: a new socket must not bring a fresh allowance of offers
+        self._offer_budgets: dict[str, TokenBucket] = {}
         self.port: int | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -401,6 +410,11 @@ class StreamServer:
             return ("busy", "too many viewers are connecting right now; try again in a few seconds")
         return None
 
+    def _offer_budget(self, address: str) -> TokenBucket:
+        if len(self._offer_budgets) > 1024:  # a refilled budget is as good as a new one: forget those
+            self._offer_budgets = {a: b for a, b in self._offer_budgets.items() if not b.full()}
+        return self._offer_budgets.setdefault(address, TokenBucket(self.cfg.offer_rate, 3))
+
     # --- WebSocket ----------------------------------------------------------------------------
     async def _handle_ws(self, ws: ServerConnection) -> None:
         refusal = self._admit(ws)
@@ -422,7 +436,8 @@ class StreamServer:
                         outbox=asyncio.Queue(cfg.outbox_messages),
                         messages=TokenBucket(cfg.message_rate, 2 * cfg.message_rate),
                         prompts=TokenBucket(cfg.prompt_rate, cfg.prompt_burst),
-                        offers=TokenBucket(cfg.offer_rate, 3), errors=TokenBucket(1.0, cfg.error_burst))
+                        offers=self._offer_budget(ws.remote_address[0] if ws.remote_address else "?"),
+                        errors=TokenBucket(1.0, cfg.error_burst))
         self.viewers.add(viewer)
         if viewer.stream is not None:
             viewer.stream.viewers.add(viewer)

@@ -260,7 +260,7 @@ async def churn(port: int, server: StreamServer, cycles: int, abrupt_fraction: f
 
     async def cycle(i: int) -> tuple[bool, bool]:
         is_abrupt = int((i + 1) * abrupt_fraction) > int(i * abrupt_fraction)
-        w = Watcher(port, "127.0.0.3")
+        w = Watcher(port, f"127.0.0.{100 + i % 150}")  # visitors: offers are budgeted per address
         got = False
         try:
             await w.start(10)
@@ -271,7 +271,7 @@ async def churn(port: int, server: StreamServer, cycles: int, abrupt_fraction: f
         return got, is_abrupt
 
     for i in range(warm_up):
-        await cycle(i)
+        await cycle(cycles + i)
     before, t0 = resources(), time.perf_counter()
     with_video = abrupt = 0
     rss_every = [before["rss_mb"]]
