@@ -4,6 +4,12 @@ carries WebRTC signalling, prompts and stats (the protocol is documented in the 
 Generation runs in a thread per stream (ltc_stream.stream.StreamGenerator); a frame pump paces
 frames at the content frame rate; each viewer gets a paced aiortc video track. The event loop
 only routes messages, so a slow model never blocks the network.
+
+Admission (`StreamServer._admit`): a browser page must come from an allowed Origin; an address
+has at most `max_per_address` sockets; a socket holds a viewer slot while it receives video, or
+for at most `offer_deadline` seconds while it negotiates, and negotiating sockets are capped for
+all addresses together. Every refusal is `{"type": "error", "code", "message"}` and a close; no
+refusal and no fault of one stream touches another viewer.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 from urllib.parse import unquote, urlsplit
