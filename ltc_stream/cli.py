@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench model": ("ltc_stream.bench", "a model's chunk generation, lever by lever (LTC, decoder, compile)"),
     "bench kernels": ("ltc_stream.kernels.bench", "the fused kernels against eager and compiled PyTorch"),
     "bench e2e": ("ltc_stream.server.bench_e2e", "a server and a WebRTC client on loopback: FPS and latency"),
+    "bench load": ("ltc_stream.server.bench_load", "load, attack and fault scenarios against a server (loopback)"),
     "eval-ltc": ("ltc_stream.eval_ltc", "LTC against full-step, re-spaced and reuse sampling on an exact oracle"),
     "train-default": ("ltc_stream.models.default.train", "train and distil the built-in default model"),
     "eval-default": ("ltc_stream.models.default.evaluate", "measure the default model: speed, prompt fidelity, continuity, LTC"),

@@ -83,6 +83,11 @@ class Steering:
         else:
             self.blender.set(embedding)
 
+    def restart(self) -> None:
+        """A fresh causal context from the next chunk, same prompt (after a fault: a NaN or an
+        exception may have left the old context poisoned)."""
+        self._cut_pending = True
+
     def next(self) -> tuple[object, torch.Tensor]:
         """(state, embedding) for the next chunk."""
         if self._cut_pending:
@@ -143,7 +148,7 @@ class StreamGenerator:
 
     def __init__(self, model: VideoModel, *, prompt: str = DEFAULT_PROMPT, seed: int = 0, ltc: bool = True,
                  queue_chunks: int = 2, blend_chunks: int = 2, threads: int | None = None,
-                 prompt_change: str | None = None):
+                 prompt_change: str | None = None, max_faults: int = 3):
         if queue_chunks < 1:
             raise ConfigError(f"queue_chunks must be >= 1, got {queue_chunks}")
         self.model = model
@@ -160,7 +165,9 @@ class StreamGenerator:
                                   blend_chunks=blend_chunks)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # the last fault's exception type and message
+        self.max_faults = max_faults  # consecutive faults after which the stream stops (it is `failed`)
+        self.failed = False
 
     # --- control (any thread) ---------------------------------------------------------------
     def start(self) -> "StreamGenerator":
@@ -219,6 +226,7 @@ class StreamGenerator:
     def _run(self) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
+        consecutive_faults = 0
         while not self._stop.is_set():
             with self._lock:
                 state, embedding = self._steering.next()
@@ -226,11 +234,20 @@ class StreamGenerator:
             started = time.perf_counter()
             try:
                 result = self.model.generate_chunk(state, embedding, ltc=self.ltc)
-            except LTCStreamError as exc:  # e.g. a NaN: skip this chunk, keep streaming
+            except Exception as exc:  # a NaN (NonFiniteError) or any model failure: this stream alone
                 self.stats.errors += 1
-                self.last_error = str(exc)
-                log.warning("chunk skipped: %s", exc)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                consecutive_faults += 1
+                if consecutive_faults >= self.max_faults:
+                    log.error("stream stopped after %d faults in a row", consecutive_faults, exc_info=True)
+                    self.failed = True
+                    return
+                log.warning("chunk failed (%s); restarting from a clean state", self.last_error,
+                            exc_info=not isinstance(exc, LTCStreamError))
+                with self._lock:
+                    self._steering.restart()
                 continue
+            consecutive_faults = 0
             finished = time.perf_counter()
             self.stats.record(result, finished - started)
             # Queued under the lock, index given there: a prompt change (which drains the queue

@@ -15,8 +15,10 @@ from ltc_stream.server.app import ServerConfig, StreamServer
 from conftest import COLOUR_WORDS, ColourModel
 
 CHROMIUM = "/usr/bin/chromium"
+# LocalNetworkAccessChecks: recent Chromium itself keeps other origins' pages off loopback; it is off
+# here so the foreign-page test meets the server's own Origin check (other and older browsers have none)
 FLAGS = ["--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required",
-         "--disable-features=WebRtcHideLocalIpsWithMdns", "--disable-background-networking"]
+         "--disable-features=WebRtcHideLocalIpsWithMdns,LocalNetworkAccessChecks", "--disable-background-networking"]
 
 pytestmark = [
     pytest.mark.browser,
@@ -115,3 +117,32 @@ def test_kiosk_mode_loads_full_screen_with_a_large_prompt(browser):
         page.wait_for_function("window.ltc.acks.length > 0", timeout=10000)
         assert page.evaluate("window.ltc.acks[0].text") != "a green field"
         page.close()
+
+
+def test_the_page_uses_the_servers_ice_servers_and_a_foreign_page_is_refused(browser):
+    stun = "stun:127.0.0.1:9"  # nothing answers there: gathering gives up on it, the host candidates still work
+    with ServerThread(ColourModel(), ice_servers=(stun, "turn:booth:pw@127.0.0.1:9")) as server:
+        page = browser.new_page()
+        page.goto(server.url)
+        page.wait_for_function("window.ltc && window.ltc.framesDecoded > 5", timeout=30000)
+        ice = page.evaluate("window.ltc.iceServers")
+        assert [s["urls"] for s in ice] == [[stun], ["turn:127.0.0.1:9"]]
+        assert ice[1]["username"] == "booth" and ice[1]["credential"] == "pw"
+        page.close()
+
+        # cross-site WebSocket hijacking: a page of another origin opens the booth's socket
+        foreign = browser.new_page()
+        elsewhere = "http://elsewhere.example/"
+        foreign.route(elsewhere, lambda route: route.fulfill(body="<title>elsewhere</title>", content_type="text/html"))
+        foreign.goto(elsewhere)
+        got = foreign.evaluate("""port => new Promise((resolve) => {
+            const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`), seen = [];
+            ws.onopen = () => ws.send(JSON.stringify({type: "prompt", text: "a blue square"}));
+            ws.onmessage = (ev) => seen.push(JSON.parse(ev.data));
+            ws.onclose = (ev) => resolve({seen, code: ev.code});
+            setTimeout(() => resolve({seen, code: null}), 8000);
+        })""", server.port)
+        assert [m["type"] for m in got["seen"]] == ["error"] and got["seen"][0]["code"] == "origin_not_allowed"
+        assert got["code"] == 1008
+        assert server.shared.generator.prompt != "a blue square"
+        foreign.close()

@@ -231,6 +231,8 @@ def test_per_viewer_prompts_are_isolated():
         try:
             ws1, _ = await open_viewer(server)
             ws2, _ = await open_viewer(server)
+            pc1, frames1 = await start_video(ws1)
+            pc2, frames2 = await start_video(ws2)
             await ws1.send(json.dumps({"type": "prompt", "text": "all red"}))
             await recv_type(ws1, "prompt_ack")
             stats2 = await recv_type(ws2, "stats")
@@ -238,6 +240,11 @@ def test_per_viewer_prompts_are_isolated():
             streams = {v.stream for v in server.viewers}
             assert len(streams) == 2
             assert sorted(s.generator.prompt for s in streams) == ["a green field", "all red"]
+            red, green = np.array(COLOUR_WORDS["red"]), np.array(COLOUR_WORDS["green"])
+            assert await wait_for(lambda: frames1 and np.abs(mean_colour(frames1[-1]) - red).max() < 25, 15)
+            assert await wait_for(lambda: frames2 and np.abs(mean_colour(frames2[-1]) - green).max() < 25, 15)
+            for pc in (pc1, pc2):
+                await pc.close()
             await ws1.close()
             await ws2.close()
         finally:

@@ -20,7 +20,7 @@
     connected: false, acks: [], errors: [], stats: null, hello: null,
     receivedFps: 0, framesDecoded: 0, reconnects: 0, kiosk,
   };
-  let ws = null, pc = null, retryMs = 500, lastTyped = Date.now(), lastCycle = 0, cycleIndex = 0;
+  let ws = null, pc = null, refusal = null, retryMs = 500, lastTyped = Date.now(), lastCycle = 0, cycleIndex = 0;
   let lastFrames = 0, lastFramesAt = performance.now();
   const history = [];
 
@@ -40,9 +40,10 @@
     if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(obj));
   }
 
-  async function startWebRTC() {
+  async function startWebRTC(iceServers) {
     if (pc) pc.close();
-    pc = new RTCPeerConnection();
+    pc = new RTCPeerConnection({ iceServers });  // the server's --ice-server list (STUN/TURN)
+    state.iceServers = pc.getConfiguration().iceServers;
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.ontrack = (ev) => { video.srcObject = ev.streams[0] || new MediaStream([ev.track]); video.play().catch(() => {}); };
     pc.onconnectionstatechange = () => {
@@ -61,9 +62,14 @@
   function connect() {
     const proto = location.protocol === "https:" ? "wss" : "ws";
     ws = new WebSocket(`${proto}://${location.host}/ws`);
-    ws.onopen = () => { state.connected = true; retryMs = 500; statusEl.textContent = "starting video…"; startWebRTC().catch((e) => show(`WebRTC: ${e}`, true)); };
+    ws.onopen = () => { state.connected = true; statusEl.textContent = "starting video…"; };
     ws.onmessage = (ev) => onMessage(JSON.parse(ev.data));
-    ws.onclose = () => { state.connected = false; scheduleReconnect("connection lost"); };
+    ws.onclose = () => {
+      state.connected = false;
+      if (refusal && refusal.code === "origin_not_allowed") return;  // retrying cannot help
+      scheduleReconnect(refusal ? refusal.message : "connection lost");
+      refusal = null;
+    };
   }
 
   let reconnectTimer = null;
@@ -82,8 +88,9 @@
 
   function onMessage(msg) {
     switch (msg.type) {
-      case "hello":
+      case "hello":  // the video starts once the server has said which ICE servers to use
         state.hello = msg;
+        startWebRTC(msg.ice_servers || []).catch((e) => show(`WebRTC: ${e}`, true));
         $("now").textContent = msg.prompt || "";
         input.maxLength = msg.limits?.max_prompt_chars || 300;
         renderExamples(msg.model?.example_prompts || []);
@@ -105,13 +112,28 @@
         $("ov-ltc").textContent = msg.ltc ? `on · ${msg.ltc_speedup.toFixed(2)}× (${msg.model_calls_per_chunk.toFixed(1)}/${msg.steps_per_chunk} calls)` : "off";
         $("ov-lat").textContent = msg.latency_ms == null ? "–" : `${Math.round(msg.latency_ms)} ms`;
         break;
-      case "error":
+      case "error":  // every error has a code; those below end the connection (the server closes it)
         state.errors.push(msg);
         show(msg.message, true);
-        if (msg.code === "server_full") statusEl.textContent = "the booth is full; retrying…";
+        if (ENDING[msg.code]) { refusal = msg; statusEl.classList.remove("hidden"); statusEl.textContent = ENDING[msg.code]; }
+        break;
+      case "goodbye":
+        state.errors.push(msg);
+        refusal = msg;
+        show(msg.message, true);
         break;
     }
   }
+
+  const ENDING = {
+    server_full: "the booth is full; retrying…",
+    busy: "many people are connecting; retrying…",
+    address_limit: "too many tabs open from this address; close one",
+    origin_not_allowed: "this page may not connect to the booth (wrong origin)",
+    offer_timeout: "the video could not start; retrying…",
+    too_many_errors: "disconnected after too many refused messages; retrying…",
+    stream_failed: "the model failed; starting a new stream…",
+  };
 
   function submitPrompt(text, fromIdle = false) {
     text = text.trim();
@@ -164,7 +186,7 @@
         }
       });
       $("ov-fps").textContent = state.receivedFps.toFixed(1);
-      if (state.framesDecoded > 0) statusEl.classList.add("hidden");
+      if (state.framesDecoded > 0) { statusEl.classList.add("hidden"); retryMs = 500; }
     }
     if (kiosk && Date.now() - lastTyped > IDLE_MS && Date.now() - lastCycle > CYCLE_MS) {
       lastCycle = Date.now();

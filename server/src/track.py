@@ -102,15 +102,20 @@ class PacedVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, pump: FramePump, metrics: Metrics):
+    def __init__(self, pump: FramePump, metrics: Metrics, bitrate: int | None = None):
         super().__init__()
         self.pump = pump
         self.metrics = metrics
+        self.bitrate = bitrate  # the encoder's starting bitrate; the receiver's estimates (REMB) steer it after
+        self.sender = None  # the RTCRtpSender sending this track (set by whoever adds it)
+        self.applied_bitrate: int | None = None
         self._last = -1
         self._first_index: int | None = None
         self._time_base = fractions.Fraction(1, VIDEO_CLOCK)
 
     async def recv(self) -> av.VideoFrame:
+        if self.bitrate and self.applied_bitrate is None:
+            self._apply_bitrate()
         index, image = await self.pump.wait_frame(self._last)
         if self._first_index is None:
             self._first_index = index
@@ -123,3 +128,13 @@ class PacedVideoTrack(MediaStreamTrack):
         frame.time_base = self._time_base
         self.metrics.frames_sent.inc()
         return frame
+
+    def _apply_bitrate(self) -> None:
+        """Set this sender's encoder bitrate. aiortc has no public per-sender bitrate (its
+        RTCRtpSender.setParameters takes no encodings) and creates the encoder after the first
+        frame, so this runs from the second recv() on. Never aiortc's module-level DEFAULT_BITRATE:
+        that would change every server's streams in the process."""
+        encoder = getattr(self.sender, "_RTCRtpSender__encoder", None)
+        if encoder is not None and hasattr(encoder, "target_bitrate"):
+            encoder.target_bitrate = self.bitrate  # the encoder clamps it to its codec's range
+            self.applied_bitrate = encoder.target_bitrate
