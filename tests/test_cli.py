@@ -31,10 +31,10 @@ def test_help_lists_every_command():
 def test_bench_is_one_command_with_subcommands():
     out = run_cli("bench", "--help")
     assert out.returncode == 0
-    for sub in ("model", "kernels", "e2e"):
+    for sub in ("model", "kernels", "e2e", "load"):
         assert f"bench {sub}" in out.stdout
     bad = run_cli("bench", "speed")
-    assert bad.returncode == 2 and "unknown subcommand 'speed' (choose from model, kernels, e2e)" in bad.stderr
+    assert bad.returncode == 2 and "unknown subcommand 'speed' (choose from model, kernels, e2e, load)" in bad.stderr
     assert run_cli("bench").returncode == 2  # a group alone is not a command
     old = run_cli("bench-kernels")
     assert old.returncode == 2 and "unknown command 'bench-kernels'" in old.stderr
