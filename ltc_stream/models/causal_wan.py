@@ -16,8 +16,10 @@ the authors' few-step sampler (`sampler="renoise"`: predict x0 at each of the fo
 re-noise it with fresh noise to the next), the transformer receiving the authors' timesteps in
 float32 with a float64 sinusoid, as their reference computes it; then one call on the clean chunk at
 t = 0 writes its keys/values into the cache (Self-Forcing's context update, context noise 0).
-`sampler="euler"` is a deterministic flow-matching Euler sampler over the same sigmas, run through
-the LTC sampler: a departure from the published models (other samples from the same noise).
+Both samplers run through LTC (`ltc.sample_renoise`: the estimate on the clean predictions, then
+the same fresh re-noise; `ltc.sample`: on the states) with the folder's calibrated `ltc_weights`.
+`sampler="euler"` is a deterministic flow-matching Euler sampler over the same sigmas: a departure
+from the published models (other samples from the same noise).
 Reward Forcing's EMA sink folds the frames leaving the window into the sink (`sink_ema`).
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..ltc import LTCWeights, sample
+from ..ltc import LTCWeights, sample, sample_renoise
 from .base import ChunkResult, VideoModel
 from .taehv import TAEHVMemory
 
@@ -302,7 +304,7 @@ class CausalWanModel(VideoModel):
 
     def __init__(self, transformer, vae, *, encode_text, height: int, width: int, steps: int = 4,
                  shift: float = 5.0, latent_frames_per_chunk: int = 3, sink_frames: int | None = None,
-                 window_frames: int = 9, sampler: str = "euler", guidance_scale: float = 1.0,
+                 window_frames: int = 9, sampler: str, guidance_scale: float = 1.0,
                  negative_embedding: torch.Tensor | None = None, taehv=None, fps: float = 16.0,
                  recache: bool = True, name: str = "wan-causal", ltc_weights: LTCWeights | None = None,
                  timesteps: list[float] | None = None, sigmas: list[float] | None = None,
@@ -418,11 +420,14 @@ class CausalWanModel(VideoModel):
         draw = state.noise or (lambda shape: torch.randn(shape, generator=state.generator, device=self.device))
         x = draw(self.latent_shape()).to(self.device)
         den = self.denoiser_fn(embedding)
+        weights = self.ltc_weights if ltc else None
         if self.sampler == "euler":
-            latents, info = sample(den, x, self.sigmas, self.ltc_weights if ltc else None)
-            calls = info.nfe
-        else:
-            latents, calls = renoise_sample(den, x, self.sigmas, draw), self.steps
+            latents, info = sample(den, x, self.sigmas, weights)
+        else:  # the fresh re-noise tensors, drawn in the order the reference draws them; a skipped
+            # step (LTC on the clean predictions) is re-noised with the same tensor as the full run
+            noises = [draw(x.shape).to(self.device) for _ in range(self.steps - 1)]
+            latents, info = sample_renoise(den, x, self.sigmas, noises, weights)
+        calls = info.nfe
         self._write_cache(state, latents, embedding)
         extra_calls += 1
         if self.device.type == "cuda":
@@ -453,22 +458,6 @@ class CausalWanModel(VideoModel):
                     timesteps=self.timesteps, sigmas=self.sigmas,
                     ltc_calibrated=self.ltc_weights is not None, **self.info)
         return info
-
-
-def renoise_sample(denoiser, x: torch.Tensor, sigmas: list[float], generator,
-                   record: list | None = None) -> torch.Tensor:
-    """Self-Forcing's few-step sampler: predict x0, re-noise to the next sigma with fresh noise,
-    x = (1 - s) x0 + s eps (no draw after the last step). `generator`: a torch.Generator, or a
-    callable shape -> noise (a test feeding the reference's own draws)."""
-    draw = generator if callable(generator) else (
-        lambda shape: torch.randn(shape, generator=generator, device=x.device))
-    for i in range(len(sigmas) - 1):
-        x0 = denoiser(x, sigmas[i])
-        s = sigmas[i + 1]
-        x = (1 - s) * x0 + s * draw(x.shape).to(x.device) if s > 0 else x0
-        if record is not None:
-            record.append(x)
-    return x
 
 
 def transition_angles(states: list[torch.Tensor]) -> list[float | None]:
