@@ -49,7 +49,7 @@ class KVCache:
     sink <- sink_ema * sink + (1 - sink_ema) * evicted, for keys and values alike."""
 
     def __init__(self, num_layers: int, tokens_per_frame: int, sink_frames: int, window_frames: int,
-                 sink_ema: float | None = None):
+                 sink_ema: float | None = None, recent_frames: int | None = None):
         if sink_frames < 0 or window_frames < 1:
             raise ConfigError(f"KV cache needs sink_frames >= 0 and window_frames >= 1, got {sink_frames}, {window_frames}")
         if sink_ema is not None and (sink_frames < 1 or not 0.0 <= sink_ema <= 1.0):
@@ -59,8 +59,13 @@ class KVCache:
         self.sink_ema = sink_ema
         self.k: list[torch.Tensor | None] = [None] * num_layers
         self.v: list[torch.Tensor | None] = [None] * num_layers
-        self.frames = 0  # frames now held (<= sink + window)
-        self.latents: torch.Tensor | None = None  # clean latents of the held frames, for re-caching
+        self.frames = 0  # frames whose keys/values are held (<= sink + window)
+        self.total = 0  # frames ever committed
+        # clean latents of the sink and of the last `recent_frames` frames, for a prompt switch's
+        # re-cache (LongLive re-runs the frames of its whole attention span but the current block)
+        self.recent_frames = window_frames if recent_frames is None else recent_frames
+        self.latents: torch.Tensor | None = None
+        self.fold = True  # evicted frames go into an EMA sink (off while a re-cache drops frames already folded)
 
     @property
     def max_frames(self) -> int:
@@ -73,7 +78,7 @@ class KVCache:
         tpf = self.tokens_per_frame
         sink = t[:, : self.sink_frames * tpf]
         recent = t[:, (frames - self.window_frames) * tpf:]
-        if self.sink_ema is not None:
+        if self.sink_ema is not None and self.fold:
             evicted = t[:, self.sink_frames * tpf: (frames - self.window_frames) * tpf]
             group = self.sink_frames * tpf
             if evicted.shape[1] % group:
@@ -95,16 +100,25 @@ class KVCache:
     def commit_frames(self, latents: torch.Tensor) -> None:
         """After every layer appended a chunk: count its frames, keep its clean latents [B,C,T,h,w]."""
         held = latents if self.latents is None else torch.cat([self.latents, latents], 2)
-        total = held.shape[2]
-        if total > self.max_frames:
-            held = torch.cat([held[:, :, : self.sink_frames], held[:, :, total - self.window_frames:]], 2)
+        n = held.shape[2]
+        if n > self.sink_frames + self.recent_frames:
+            held = torch.cat([held[:, :, : self.sink_frames], held[:, :, n - self.recent_frames:]], 2)
         self.latents = held
-        self.frames = held.shape[2]
+        self.total += latents.shape[2]
+        self.frames = min(self.total, self.max_frames)
+
+    def keep_sink_only(self) -> None:
+        """Drop every cached frame but the sink (keys and values as they are)."""
+        cut = self.sink_frames * self.tokens_per_frame
+        self.k = [None if t is None or not cut else t[:, :cut] for t in self.k]
+        self.v = [None if t is None or not cut else t[:, :cut] for t in self.v]
+        self.frames = min(self.sink_frames, self.frames)
 
     def clear(self) -> None:
         self.k = [None] * len(self.k)
         self.v = [None] * len(self.v)
         self.frames = 0
+        self.total = 0
         self.latents = None
 
     def nbytes(self) -> int:
@@ -365,7 +379,7 @@ class CausalWanModel(VideoModel):
 
     def new_stream(self, seed: int = 0) -> WanStreamState:
         cache = KVCache(len(self.transformer.blocks), self.tokens_per_frame(), self.sink_frames, self.window_frames,
-                        self.sink_ema)
+                        self.sink_ema, recent_frames=self.window_frames + self.latent_frames)
         return WanStreamState(generator=torch.Generator(device=self.device).manual_seed(int(seed)), cache=cache)
 
     def _velocity(self, x: torch.Tensor, sigma: float, embedding: torch.Tensor) -> torch.Tensor:
@@ -399,13 +413,36 @@ class CausalWanModel(VideoModel):
         state.cache.commit_frames(latents)
 
     def _recache(self, state: WanStreamState, embedding: torch.Tensor) -> None:
-        """New prompt: recompute the cached keys/values from the held clean latents under it
-        (LongLive's KV re-cache), so cross-attention history does not drag the old prompt along."""
-        held = state.cache.latents
+        """New prompt: LongLive's re-cache (`_recache_after_switch` with its global sink), so the
+        cached history does not drag the old prompt along. The clean latents of the attention span
+        but the current block (the last min(span, frames so far) frames) are run again at t = 0
+        under the new prompt, attending to one another without a causal mask, and their keys and
+        values replace the cached ones. Once frames have left the span, the sink keeps the keys and
+        values it has (LongLive also re-runs the frames in the sink's slots, whose keys it does not
+        write and which so change nothing: they are not run here); before that, every frame is
+        re-run from the start, the sink's included. Positions are cache slots, as always here."""
+        cache = state.cache
+        held = cache.latents
         if held is None:
             return
-        state.cache.clear()
-        self._write_cache(state, held, embedding)
+        emb = embedding if embedding.ndim == 3 else embedding[None]
+        dropped = cache.total > held.shape[2]
+        if dropped:
+            cache.keep_sink_only()
+            rerun = held[:, :, cache.sink_frames:]
+        else:
+            frames = cache.total
+            cache.clear()
+            cache.total, cache.latents, rerun = frames, held, held
+        # frames leaving the window now were folded into an EMA sink when they first left it
+        cache.fold = not dropped
+        self.ctx.write = True
+        try:
+            self._velocity(rerun, 0.0, emb)
+        finally:
+            self.ctx.write = False
+            cache.fold = True
+        cache.frames = min(cache.frames + rerun.shape[2], cache.max_frames)
 
     @torch.no_grad()
     def generate_chunk(self, state: WanStreamState, embedding: torch.Tensor, *, ltc: bool = True) -> ChunkResult:
