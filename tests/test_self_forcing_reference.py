@@ -152,8 +152,12 @@ def test_long_run_once_the_cache_is_full(golden, imported_folder):
     - The earlier project default (sink 3 + 9 past) against the whole-cache reference: blocks 0-4
       match to 7e-8, blocks 5-6 differ by 7.3e-3 and 6.4e-3 (checked below as the cost of a
       shorter window than the authors').
-    Reward Forcing (sink 3 EMA + 3 past + 3 current) has no reference run in this fixture; its
-    EMA recursion is tested in tests/test_real_models.py."""
+    - LongLive's window against the whole-cache reference (what a Self-Forcing checkpoint would get
+      with LongLive's window): blocks 4-6 differ by 9.0e-3, 8.6e-3, 9.8e-3.
+    - Reward Forcing's window (EMA sink 3 at 0.999 + 3 past + 3 current) against the whole-cache
+      reference: blocks 0-2 match, blocks 3-6 differ by 1.1e-2, 9.8e-3, 1.4e-2, 1.4e-2. Its authors'
+      code rotates cached keys by their slot, as the project does; this fixture has no reference run
+      with its window (its EMA recursion is tested in tests/test_real_models.py)."""
     tensors, meta = golden
     blocks = meta["blocks"]
     full = project_latents(project_model_from_fixture(imported_folder, meta), tensors, meta, blocks)

@@ -154,7 +154,8 @@ def _embeddings(model, prompts_or_embeddings) -> torch.Tensor:
 @torch.no_grad()
 def calibrate_stream_folder(folder, prompts_or_embeddings, *, device: str = "cpu", seeds: int = 2, seed: int = 0,
                             calls: int | None = None, save: bool = False, file=None, dtype: str | None = None,
-                            height: int | None = None, width: int | None = None, **options: Any) -> dict[str, Any]:
+                            height: int | None = None, width: int | None = None, out=None, command: str | None = None,
+                            **options: Any) -> dict[str, Any]:
     """Measure the calls-versus-PSNR curve of an imported folder under its own sampler and store the
     chosen skip.
 
@@ -167,7 +168,8 @@ def calibrate_stream_folder(folder, prompts_or_embeddings, *, device: str = "cpu
     It is printed (`print_curve`, to `file`, default stderr); the skip is the best LTC point at
     `calls` model calls (default: one step fewer), `eval_ltc.choose_config`. With `save`, the
     weights go to `ltc_weights.json` in the folder, keyed by kind, sampler, timesteps and latent
-    shape, and `serve`/`render` then skip that step whenever LTC is on.
+    shape, and `serve`/`render` then skip that step whenever LTC is on. With `out`, the curve, the
+    choice and `command` (what made it) are also written there as JSON.
     Returns {"curve", "config", "weights", "model_calls"}."""
     import sys
 
@@ -203,4 +205,15 @@ def calibrate_stream_folder(folder, prompts_or_embeddings, *, device: str = "cpu
           + (f"; written to {path / LTC_FILE}" if save else " (not saved)"), file=file or sys.stderr)
     if save:
         weights.save(path / LTC_FILE)
+    if out is not None:
+        manifest = read_manifest(path)
+        report = {"command": command, "folder": str(path), "kind": manifest["kind"],
+                  "weights_dtype": manifest.get("dtype"), "model": model.describe()["name"],
+                  "prompts": [p if isinstance(p, str) else "<embedding>" for p in
+                              (prompts_or_embeddings if not torch.is_tensor(prompts_or_embeddings) else [])],
+                  "seeds": seeds, "device": str(model.device), "latent_shape": list(model.latent_shape()),
+                  "chosen": {"skipped": weights.skipped_steps, "model_calls": weights.model_calls,
+                             "w_g": [round(weights.w_g[i], 4) for i in weights.skipped_steps]},
+                  "curve": curve}
+        Path(out).write_text(json.dumps(report, indent=1) + "\n")
     return {"curve": curve, "config": cfg, "weights": weights, "model_calls": weights.model_calls}
