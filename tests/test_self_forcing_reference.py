@@ -176,3 +176,29 @@ def test_long_run_once_the_cache_is_full(golden, imported_folder):
                             tensors, meta, blocks)
     errors = [relative_l2(short[b], reference_block(tensors["latents"], meta, b)) for b in range(blocks)]
     assert max(errors[:5]) <= TOLERANCE and all(1e-4 < e < 2e-2 for e in errors[5:]), errors
+
+
+@torch.no_grad()
+def test_the_deterministic_option_is_a_departure_from_the_published_sampler(golden, imported_folder):
+    """`--model-option sampler=euler` (deterministic flow-matching Euler over the same sigmas, fed the
+    same initial noise) is not what the authors sample: measured relative L2 1.71, 1.67, 1.69 from
+    the reference for blocks 0-2 (tiny random weights); the folder's default (renoise) is 6e-8."""
+    from ltc_stream.models import load_model
+
+    tensors, meta = golden
+
+    h, w = meta["latent_hw"]
+    model = load_model(str(imported_folder), device="cpu", dtype="float32", height=h * 8, width=w * 8, sampler="euler")
+    f = meta["frames_per_block"]
+    captured = []
+    decode = model.decode
+    model.decode = lambda latents, state: (captured.append(latents.clone()), decode(latents, state))[1]
+    state = model.new_stream(0)
+    initial = tensors["initial_noise"]
+    for b in range(3):
+        noise = initial[:, b * f:(b + 1) * f].permute(0, 2, 1, 3, 4).contiguous()
+        state.noise = lambda shape, n=noise: n.clone()
+        model.generate_chunk(state, tensors["prompt_embeds"])
+    errors = [relative_l2(captured[b].permute(0, 2, 1, 3, 4), reference_block(tensors["latents"], meta, b))
+              for b in range(3)]
+    assert all(e > 0.3 for e in errors), errors

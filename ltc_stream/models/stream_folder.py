@@ -21,7 +21,8 @@ OPTIONS: dict[str, ModelOption] = {
         str, "renoise",
         "renoise: the authors' sampler (predict x0, re-noise with fresh noise at the next sigma); "
         "euler: deterministic flow-matching Euler over the same sigmas, a departure from the published "
-        "model (different samples from the same noise), the sampler the project's LTC weights were fitted on",
+        "model (other samples from the same noise: relative L2 1.7 from the Self-Forcing reference's on "
+        "tests/fixtures/self_forcing_golden, against 6e-8 for renoise)",
         choices=("renoise", "euler")),
     "sink_frames": ModelOption(int, 3, "latent frames kept for ever at the start of the KV cache "
                                        "(default: the folder's, from its authors)", minimum=0, maximum=64),
