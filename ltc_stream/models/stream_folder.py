@@ -154,6 +154,7 @@ def _embeddings(model, prompts_or_embeddings) -> torch.Tensor:
 
 @torch.no_grad()
 def calibrate_stream_folder(folder, prompts_or_embeddings, *, device: str = "cpu", seeds: int = 2, seed: int = 0,
+                            context_blocks: int = 2,
                             calls: int | None = None, save: bool = False, file=None, dtype: str | None = None,
                             height: int | None = None, width: int | None = None, out=None, command: str | None = None,
                             **options: Any) -> dict[str, Any]:
@@ -161,7 +162,8 @@ def calibrate_stream_folder(folder, prompts_or_embeddings, *, device: str = "cpu
     chosen skip.
 
     The model is the folder loaded as `serve` loads it (`options` are model options). The curve is
-    `eval_ltc.ltc_curve` on a first chunk (no cache context) of every prompt x `seeds` noise draws:
+    `eval_ltc.ltc_curve` on the chunk after `context_blocks` full-step blocks (a stream's chunks but
+    its first see cached context; 0 measures first chunks) of every prompt x `seeds` noise draws:
     LTC at each setting of the sweep (under the re-noise sampler: the estimate on the clean
     predictions, then the same fresh re-noise, closed-form w_g per step), plain reuse of the previous
     prediction at the same skips, and the authors' schedule re-spaced to fewer steps, each in PSNR
@@ -175,11 +177,12 @@ def calibrate_stream_folder(folder, prompts_or_embeddings, *, device: str = "cpu
     import sys
 
     from ..eval_ltc import calibrate_for, choose_config, ltc_curve, print_curve
+    from ..ltc import sample, sample_renoise
     from .adapters import LTC_FILE, model_ltc_key
     from .causal_wan import shifted_sigmas
 
-    if seeds < 1:
-        raise ConfigError(f"seeds must be at least 1, got {seeds}")
+    if seeds < 1 or context_blocks < 0:
+        raise ConfigError(f"seeds must be at least 1 and context_blocks at least 0, got {seeds}, {context_blocks}")
     path = Path(folder)
     given = {k: v for k, v in (("dtype", dtype), ("height", height), ("width", width)) if v is not None}
     model = load_stream_folder(path, device=device, decoder="vae", **given, **options)
@@ -193,8 +196,15 @@ def calibrate_stream_folder(folder, prompts_or_embeddings, *, device: str = "cpu
     n = model.steps
     noises_cal = [torch.randn(shape, generator=gen).to(model.device) for _ in range(n - 1)]
     noises_eval = [torch.randn(shape, generator=gen).to(model.device) for _ in range(n - 1)]
-    model.ctx.cache = None  # a first chunk: no causal context
     den = model.denoiser_fn(emb)
+    state = model.new_stream(seed)
+    model.ctx.cache = state.cache  # each sample's own context, written block after block as a stream does
+    for _ in range(context_blocks):
+        x = torch.randn(shape, generator=gen).to(model.device)
+        noises = [torch.randn(shape, generator=gen).to(model.device) for _ in range(n - 1)]
+        latents, _ = sample_renoise(den, x, model.sigmas, noises) if model.sampler == "renoise" else \
+            sample(den, x, model.sigmas)
+        model._write_cache(state, latents, emb)
     curve = ltc_curve(den, model.sigmas, x_cal, x_eval, sampler=model.sampler, noises_cal=noises_cal,
                       noises_eval=noises_eval, respace=lambda k: shifted_sigmas(k, model.shift))
     print_curve(curve, file or sys.stderr)
@@ -212,7 +222,7 @@ def calibrate_stream_folder(folder, prompts_or_embeddings, *, device: str = "cpu
                   "weights_dtype": manifest.get("dtype"), "model": model.describe()["name"],
                   "prompts": [p if isinstance(p, str) else "<embedding>" for p in
                               (prompts_or_embeddings if not torch.is_tensor(prompts_or_embeddings) else [])],
-                  "seeds": seeds, "device": str(model.device), "latent_shape": list(model.latent_shape()),
+                  "seeds": seeds, "context_blocks": context_blocks, "device": str(model.device), "latent_shape": list(model.latent_shape()),
                   "chosen": {"skipped": weights.skipped_steps, "model_calls": weights.model_calls,
                              "w_g": [round(weights.w_g[i], 4) for i in weights.skipped_steps]},
                   "curve": curve}
