@@ -132,3 +132,7 @@ def test_a_stored_choice_for_other_settings_is_refused(folder):
         load_model(str(folder), device="cpu", decoder="vae", sampler="euler", **SIZE)
     with pytest.raises(CalibrationMismatchError, match="latent_shape"):
         load_model(str(folder), device="cpu", decoder="vae", height=48, width=48)
+    # a new measurement for the other settings is not blocked by the stored choice
+    again = calibrate_stream_folder(folder, PROMPTS[:1], seeds=1, file=io.StringIO(), height=48, width=48,
+                                    context_blocks=0)
+    assert again["weights"].key["latent_shape"] == [1, 16, 3, 6, 6]

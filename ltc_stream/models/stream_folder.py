@@ -66,7 +66,7 @@ def check_folder(path: Path) -> None:
 
 
 def load_stream_folder(path: Path, device: str = "auto", *, decoder: str = "auto", dtype: str | None = None,
-                       height: int | None = None, width: int | None = None, **options: Any):
+                       height: int | None = None, width: int | None = None, ltc_choice: bool = True, **options: Any):
     import transformers
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
@@ -116,7 +116,8 @@ def load_stream_folder(path: Path, device: str = "auto", *, decoder: str = "auto
         info={"kind": manifest["kind"], "authors_sampler": sampling["sampler"],
               "attention_frames": cache.get("attention_frames"), "sink_update": cache.get("sink_update", "fixed"),
               "text_length": int(manifest["text"]["max_length"])})
-    load_ltc_choice(model, path)
+    if ltc_choice:  # off while calibrate measures afresh (a stored choice may be for other settings)
+        load_ltc_choice(model, path)
     return model
 
 
@@ -185,9 +186,7 @@ def calibrate_stream_folder(folder, prompts_or_embeddings, *, device: str = "cpu
         raise ConfigError(f"seeds must be at least 1 and context_blocks at least 0, got {seeds}, {context_blocks}")
     path = Path(folder)
     given = {k: v for k, v in (("dtype", dtype), ("height", height), ("width", width)) if v is not None}
-    model = load_stream_folder(path, device=device, decoder="vae", **given, **options)
-    if (path / LTC_FILE).is_file():
-        model.ltc_weights = None  # measured afresh
+    model = load_stream_folder(path, device=device, decoder="vae", ltc_choice=False, **given, **options)
     emb = _embeddings(model, prompts_or_embeddings).repeat_interleave(seeds, 0)
     batch = emb.shape[0]
     gen = torch.Generator().manual_seed(seed)
