@@ -96,6 +96,11 @@ def _ensure_ltc(model, args) -> str:
         # model would; the figure is about the cost of the step that is skipped.
         model.ltc_weights = calibrate_model(model, prompts, LTCConfig(tau=3.1, max_skips=1))
         return "one skip per chunk forced (random weights)"
+    if getattr(model, "sampler", None) == "renoise":
+        # the re-noise sampler's prediction angles are 1-2 rad: no tau rule applies; skip the step
+        # of smallest angle (`ltc-stream calibrate DIR` chooses it from measured curves instead)
+        model.ltc_weights = calibrate_model(model, prompts, LTCConfig(tau=3.1, max_skips=1))
+        return "one skip per chunk, smallest angle (re-noise sampler; no ltc_weights.json in the folder)"
     model.ltc_weights = calibrate_model(model, prompts, LTCConfig(tau=args.tau or 0.1))
     return "calibrated now (no ltc_weights.json in the folder)"
 

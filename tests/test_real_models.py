@@ -63,7 +63,8 @@ def test_kv_cache_attention_equals_block_causal_full_attention():
     transformer, vae = tiny_wan_parts(seed=1)
     stock = copy.deepcopy(transformer)
     emb = torch.randn(1, 8, 32)
-    model = CausalWanModel(transformer, vae, encode_text=lambda t: emb, height=32, width=48, window_frames=9)
+    model = CausalWanModel(transformer, vae, encode_text=lambda t: emb, height=32, width=48, window_frames=9,
+                           sampler="euler")
     state = model.new_stream(0)
     model.ctx.cache = state.cache
     gen = torch.Generator().manual_seed(0)

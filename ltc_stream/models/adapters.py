@@ -21,7 +21,7 @@ import torch
 
 from ..device import resolve_device
 from ..errors import ConfigError, ModelNotFoundError
-from ..ltc import LTCConfig, LTCWeights, calibrate, make_key
+from ..ltc import LTCConfig, LTCWeights, calibrate, calibrate_renoise, make_key
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,12 @@ def _load_ltc(model, folder: Path | None) -> None:
 
 def model_ltc_key(model) -> dict[str, Any]:
     shape = list(model.latent_shape() if model.name.startswith("wan") else model.latent_shape(model.window))
-    return make_key(model=model.name, sampler=getattr(model, "sampler", "euler"), steps=model.steps,
-                    latent_shape=shape, guidance_scale=float(model.guidance_scale))
+    entries = dict(model=model.name, sampler=getattr(model, "sampler", "euler"), steps=model.steps,
+                   latent_shape=shape, guidance_scale=float(model.guidance_scale))
+    kind = getattr(model, "info", {}).get("kind")
+    if kind is not None:  # an imported folder: its kind and timesteps, not its (renameable) folder name
+        entries.update(model=f"wan-causal:{kind}", kind=kind, timesteps=[round(float(t), 4) for t in model.timesteps])
+    return make_key(**entries)
 
 
 @torch.no_grad()
@@ -115,6 +119,11 @@ def calibrate_model(model, prompts: list[str], cfg: LTCConfig | None = None, see
         model.ctx.cache = None  # first chunk: no causal context
         x_T = torch.randn(model.latent_shape(len(prompts)), generator=gen, device=model.device)
         den = model.denoiser_fn(emb)
+        if model.sampler == "renoise":  # LTC on the clean predictions, re-noised with the same noise
+            noises = [torch.randn(x_T.shape, generator=gen, device=model.device) for _ in range(model.steps - 1)]
+            weights = calibrate_renoise(den, x_T, model.sigmas, noises, cfg)
+            weights.key = model_ltc_key(model)
+            return weights
     else:
         s0 = model.sigmas[0]
         x_T = s0 * torch.randn(model.latent_shape(model.window, len(prompts)), generator=gen, device=model.device)
@@ -201,6 +210,12 @@ def load_causal_wan(path: Path, meta: dict[str, Any], device: str = "auto", **op
     transformer.to(dev).eval()
     vae.to(dev).eval()
     encode = _text_encoder_fn(tokenizer, text_encoder, dev, dtype, 512, zero_padding=True)
+    # A WanPipeline folder is the bidirectional Wan2.1 base, not a published streaming model: no
+    # authors' chunk-wise sampler exists for it. It is sampled chunk by chunk with deterministic
+    # flow-matching Euler over shift-5 sigmas (its FlowMatchEulerDiscreteScheduler's family; the
+    # sampler its ltc_weights.json is calibrated for). Published streaming models come through
+    # `ltc-stream import`, whose stream.json names their authors' re-noise sampler.
+    opts.setdefault("sampler", "euler")
     model = CausalWanModel(transformer, vae, encode_text=encode, taehv=taehv,
                            height=opts.pop("height", 480), width=opts.pop("width", 832),
                            name=f"wan-causal:{path.name}", **opts)
@@ -261,9 +276,22 @@ def load_random_full_size(spec: str, device: str = "auto", **options: Any):
             transformer = WanTransformer3DModel(**wan_1_3b_config()).to(dtype).eval()
             vae = AutoencoderKLWan().to(dtype).eval()
             taehv = TAEHVDecoder().to(dtype).eval() if decoder in ("tiny", "taehv") else None
+        # the stand-in for Self-Forcing: sampled as its authors sample it (what import writes for
+        # self-forcing: re-noise sampler, warped steps, 3 frames per block, its cache)
+        from .importers import FRAMES_PER_BLOCK, KINDS, kind_schedule
+
+        kind = KINDS["self-forcing"]
+        timesteps, sigmas = kind_schedule(kind)
+        authors = dict(sampler="renoise", timesteps=timesteps, sigmas=sigmas, shift=kind.shift,
+                       latent_frames_per_chunk=FRAMES_PER_BLOCK, sink_frames=kind.sink_frames,
+                       window_frames=kind.attention_frames - kind.sink_frames - FRAMES_PER_BLOCK)
+        if "steps" in opts:  # another step count is not the authors' schedule: shifted sigmas, Euler or not
+            authors = {k: v for k, v in authors.items() if k not in ("timesteps", "sigmas")}
         return CausalWanModel(transformer, vae, encode_text=_random_text_fn(512, 4096, dev, dtype), taehv=taehv,
                               height=opts.pop("height", 480), width=opts.pop("width", 832),
-                              name="wan-causal-1.3b (random weights: throughput only)", **opts)
+                              name="wan-causal-1.3b (random weights: throughput only)",
+                              info={"kind": "self-forcing (random weights)", "authors_sampler": "renoise"},
+                              **{**authors, **opts})
     if spec == "animatediff-lightning":
         from diffusers import AutoencoderKL, AutoencoderTiny, EulerDiscreteScheduler, MotionAdapter, UNet2DConditionModel
         from diffusers import UNetMotionModel

@@ -16,8 +16,10 @@ the authors' few-step sampler (`sampler="renoise"`: predict x0 at each of the fo
 re-noise it with fresh noise to the next), the transformer receiving the authors' timesteps in
 float32 with a float64 sinusoid, as their reference computes it; then one call on the clean chunk at
 t = 0 writes its keys/values into the cache (Self-Forcing's context update, context noise 0).
-`sampler="euler"` is a deterministic flow-matching Euler sampler over the same sigmas, run through
-the LTC sampler: a departure from the published models (other samples from the same noise).
+Both samplers run through LTC (`ltc.sample_renoise`: the estimate on the clean predictions, then
+the same fresh re-noise; `ltc.sample`: on the states) with the folder's calibrated `ltc_weights`.
+`sampler="euler"` is a deterministic flow-matching Euler sampler over the same sigmas: a departure
+from the published models (other samples from the same noise).
 Reward Forcing's EMA sink folds the frames leaving the window into the sink (`sink_ema`).
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..ltc import LTCWeights, sample
+from ..ltc import LTCWeights, sample, sample_renoise
 from .base import ChunkResult, ModelOption, VideoModel
 from .taehv import TAEHVMemory
 
@@ -39,11 +41,13 @@ from .taehv import TAEHVMemory
 OPTIONS = {
     "shift": ModelOption(float, 5.0, "shift of the flow-matching sigma schedule", minimum=0.01, maximum=100.0),
     "latent_frames_per_chunk": ModelOption(int, 3, "latent frames per chunk (4 video frames each)", minimum=1),
-    "window_frames": ModelOption(int, 9, "latent frames in the KV cache's rolling window", minimum=1),
+    "window_frames": ModelOption(int, None, "latent frames in the KV cache's rolling window (default: the model's)",
+                                 minimum=1),
     "sink_frames": ModelOption(int, None, "first latent frames kept as the attention sink (default: one chunk)",
                                minimum=0),
     "recache": ModelOption(bool, True, "re-write the KV cache under a new prompt (LongLive's re-cache)"),
-    "sampler": ModelOption(str, "euler", "euler (LTC applies) or renoise (Self-Forcing's own)",
+    "sampler": ModelOption(str, None, "renoise (the authors'; the random wan-causal-1.3b's) or euler (deterministic; "
+                                      "a diffusers Wan folder's, which has no published chunk-wise sampler)",
                            choices=("euler", "renoise")),
 }
 
@@ -59,7 +63,7 @@ class KVCache:
     sink <- sink_ema * sink + (1 - sink_ema) * evicted, for keys and values alike."""
 
     def __init__(self, num_layers: int, tokens_per_frame: int, sink_frames: int, window_frames: int,
-                 sink_ema: float | None = None):
+                 sink_ema: float | None = None, recent_frames: int | None = None):
         if sink_frames < 0 or window_frames < 1:
             raise ConfigError(f"KV cache needs sink_frames >= 0 and window_frames >= 1, got {sink_frames}, {window_frames}")
         if sink_ema is not None and (sink_frames < 1 or not 0.0 <= sink_ema <= 1.0):
@@ -69,8 +73,13 @@ class KVCache:
         self.sink_ema = sink_ema
         self.k: list[torch.Tensor | None] = [None] * num_layers
         self.v: list[torch.Tensor | None] = [None] * num_layers
-        self.frames = 0  # frames now held (<= sink + window)
-        self.latents: torch.Tensor | None = None  # clean latents of the held frames, for re-caching
+        self.frames = 0  # frames whose keys/values are held (<= sink + window)
+        self.total = 0  # frames ever committed
+        # clean latents of the sink and of the last `recent_frames` frames, for a prompt switch's
+        # re-cache (LongLive re-runs the frames of its whole attention span but the current block)
+        self.recent_frames = window_frames if recent_frames is None else recent_frames
+        self.latents: torch.Tensor | None = None
+        self.fold = True  # evicted frames go into an EMA sink (off while a re-cache drops frames already folded)
 
     @property
     def max_frames(self) -> int:
@@ -83,7 +92,7 @@ class KVCache:
         tpf = self.tokens_per_frame
         sink = t[:, : self.sink_frames * tpf]
         recent = t[:, (frames - self.window_frames) * tpf:]
-        if self.sink_ema is not None:
+        if self.sink_ema is not None and self.fold:
             evicted = t[:, self.sink_frames * tpf: (frames - self.window_frames) * tpf]
             group = self.sink_frames * tpf
             if evicted.shape[1] % group:
@@ -105,16 +114,25 @@ class KVCache:
     def commit_frames(self, latents: torch.Tensor) -> None:
         """After every layer appended a chunk: count its frames, keep its clean latents [B,C,T,h,w]."""
         held = latents if self.latents is None else torch.cat([self.latents, latents], 2)
-        total = held.shape[2]
-        if total > self.max_frames:
-            held = torch.cat([held[:, :, : self.sink_frames], held[:, :, total - self.window_frames:]], 2)
+        n = held.shape[2]
+        if n > self.sink_frames + self.recent_frames:
+            held = torch.cat([held[:, :, : self.sink_frames], held[:, :, n - self.recent_frames:]], 2)
         self.latents = held
-        self.frames = held.shape[2]
+        self.total += latents.shape[2]
+        self.frames = min(self.total, self.max_frames)
+
+    def keep_sink_only(self) -> None:
+        """Drop every cached frame but the sink (keys and values as they are)."""
+        cut = self.sink_frames * self.tokens_per_frame
+        self.k = [None if t is None or not cut else t[:, :cut] for t in self.k]
+        self.v = [None if t is None or not cut else t[:, :cut] for t in self.v]
+        self.frames = min(self.sink_frames, self.frames)
 
     def clear(self) -> None:
         self.k = [None] * len(self.k)
         self.v = [None] * len(self.v)
         self.frames = 0
+        self.total = 0
         self.latents = None
 
     def nbytes(self) -> int:
@@ -314,7 +332,7 @@ class CausalWanModel(VideoModel):
 
     def __init__(self, transformer, vae, *, encode_text, height: int, width: int, steps: int = 4,
                  shift: float = 5.0, latent_frames_per_chunk: int = 3, sink_frames: int | None = None,
-                 window_frames: int = 9, sampler: str = "euler", guidance_scale: float = 1.0,
+                 window_frames: int = 9, sampler: str, guidance_scale: float = 1.0,
                  negative_embedding: torch.Tensor | None = None, taehv=None, fps: float = 16.0,
                  recache: bool = True, name: str = "wan-causal", ltc_weights: LTCWeights | None = None,
                  timesteps: list[float] | None = None, sigmas: list[float] | None = None,
@@ -375,7 +393,7 @@ class CausalWanModel(VideoModel):
 
     def new_stream(self, seed: int = 0) -> WanStreamState:
         cache = KVCache(len(self.transformer.blocks), self.tokens_per_frame(), self.sink_frames, self.window_frames,
-                        self.sink_ema)
+                        self.sink_ema, recent_frames=self.window_frames + self.latent_frames)
         return WanStreamState(generator=torch.Generator(device=self.device).manual_seed(int(seed)), cache=cache)
 
     def _velocity(self, x: torch.Tensor, sigma: float, embedding: torch.Tensor) -> torch.Tensor:
@@ -409,13 +427,36 @@ class CausalWanModel(VideoModel):
         state.cache.commit_frames(latents)
 
     def _recache(self, state: WanStreamState, embedding: torch.Tensor) -> None:
-        """New prompt: recompute the cached keys/values from the held clean latents under it
-        (LongLive's KV re-cache), so cross-attention history does not drag the old prompt along."""
-        held = state.cache.latents
+        """New prompt: LongLive's re-cache (`_recache_after_switch` with its global sink), so the
+        cached history does not drag the old prompt along. The clean latents of the attention span
+        but the current block (the last min(span, frames so far) frames) are run again at t = 0
+        under the new prompt, attending to one another without a causal mask, and their keys and
+        values replace the cached ones. Once frames have left the span, the sink keeps the keys and
+        values it has (LongLive also re-runs the frames in the sink's slots, whose keys it does not
+        write and which so change nothing: they are not run here); before that, every frame is
+        re-run from the start, the sink's included. Positions are cache slots, as always here."""
+        cache = state.cache
+        held = cache.latents
         if held is None:
             return
-        state.cache.clear()
-        self._write_cache(state, held, embedding)
+        emb = embedding if embedding.ndim == 3 else embedding[None]
+        dropped = cache.total > held.shape[2]
+        if dropped:
+            cache.keep_sink_only()
+            rerun = held[:, :, cache.sink_frames:]
+        else:
+            frames = cache.total
+            cache.clear()
+            cache.total, cache.latents, rerun = frames, held, held
+        # frames leaving the window now were folded into an EMA sink when they first left it
+        cache.fold = not dropped
+        self.ctx.write = True
+        try:
+            self._velocity(rerun, 0.0, emb)
+        finally:
+            self.ctx.write = False
+            cache.fold = True
+        cache.frames = min(cache.frames + rerun.shape[2], cache.max_frames)
 
     @torch.no_grad()
     def generate_chunk(self, state: WanStreamState, embedding: torch.Tensor, *, ltc: bool = True) -> ChunkResult:
@@ -430,11 +471,14 @@ class CausalWanModel(VideoModel):
         draw = state.noise or (lambda shape: torch.randn(shape, generator=state.generator, device=self.device))
         x = draw(self.latent_shape()).to(self.device)
         den = self.denoiser_fn(embedding)
+        weights = self.ltc_weights if ltc else None
         if self.sampler == "euler":
-            latents, info = sample(den, x, self.sigmas, self.ltc_weights if ltc else None)
-            calls = info.nfe
-        else:
-            latents, calls = renoise_sample(den, x, self.sigmas, draw), self.steps
+            latents, info = sample(den, x, self.sigmas, weights)
+        else:  # the fresh re-noise tensors, drawn in the order the reference draws them; a skipped
+            # step (LTC on the clean predictions) is re-noised with the same tensor as the full run
+            noises = [draw(x.shape).to(self.device) for _ in range(self.steps - 1)]
+            latents, info = sample_renoise(den, x, self.sigmas, noises, weights)
+        calls = info.nfe
         self._write_cache(state, latents, embedding)
         extra_calls += 1
         if self.device.type == "cuda":
@@ -465,22 +509,6 @@ class CausalWanModel(VideoModel):
                     timesteps=self.timesteps, sigmas=self.sigmas,
                     ltc_calibrated=self.ltc_weights is not None, **self.info)
         return info
-
-
-def renoise_sample(denoiser, x: torch.Tensor, sigmas: list[float], generator,
-                   record: list | None = None) -> torch.Tensor:
-    """Self-Forcing's few-step sampler: predict x0, re-noise to the next sigma with fresh noise,
-    x = (1 - s) x0 + s eps (no draw after the last step). `generator`: a torch.Generator, or a
-    callable shape -> noise (a test feeding the reference's own draws)."""
-    draw = generator if callable(generator) else (
-        lambda shape: torch.randn(shape, generator=generator, device=x.device))
-    for i in range(len(sigmas) - 1):
-        x0 = denoiser(x, sigmas[i])
-        s = sigmas[i + 1]
-        x = (1 - s) * x0 + s * draw(x.shape).to(x.device) if s > 0 else x0
-        if record is not None:
-            record.append(x)
-    return x
 
 
 def transition_angles(states: list[torch.Tensor]) -> list[float | None]:

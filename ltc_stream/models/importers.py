@@ -54,7 +54,9 @@ class Kind:
     sink_update: str = "fixed"  # "ema": the sink's keys/values are a running average (Reward Forcing)
     sink_ema: float | None = None
     lora: bool = False  # a PEFT LoRA of the generator merged at import (LongLive)
-    recache: str = "project"  # "authors": the reference re-caches recent frames on a prompt switch
+    # prompt switch: "authors" = this kind's reference re-caches (LongLive); "longlive" = its reference
+    # has no prompt switch, and the project re-caches as LongLive does
+    recache: str = "longlive"
     source: str = ""
 
 
@@ -62,18 +64,21 @@ FRAMES_PER_BLOCK = 3
 TRAINED_FRAMES = 21  # the clips these models were trained on: 21 latent frames (81 video frames)
 
 KINDS: dict[str, Kind] = {
-    # Self-Forcing (Apache-2.0): inference.py + configs/self_forcing_dmd.yaml; its KV cache holds the
-    # whole 21-frame clip, with no sink; past 21 frames the project keeps a sink of 3
+    # Self-Forcing (Apache-2.0): inference.py + configs/self_forcing_dmd.yaml; local_attn_size -1 means
+    # a cache of 32760 = 21 x 1560 tokens, read whole, the current block included: the clip it was
+    # trained on (the reference cannot write a 22nd frame); past 21 frames the project keeps a sink of 3
     "self-forcing": Kind("self_forcing_dmd.pt", "generator", (1000, 750, 500, 250), 5.0, True, TRAINED_FRAMES, 3,
                          source="github.com/guandeh17/Self-Forcing"),
     # CausVid (CC BY-NC-SA: facts only): 3 steps, no warp, shift 8
     "causvid": Kind("model.pt", "generator", (1000, 757, 522), 8.0, False, TRAINED_FRAMES, 3,
                     source="github.com/tianweiy/CausVid"),
-    # LongLive v1 (Apache-2.0): local attention 12 frames including a sink of 3, KV re-cache on a
+    # LongLive v1 (Apache-2.0): local attention 12 frames including a sink of 3 and the current block
+    # (cache of 12 x 1560 tokens, keys stored rotated at their absolute frame), KV re-cache on a
     # prompt switch; base weights + PEFT LoRA rank 256, alpha 256
     "longlive": Kind("longlive_base.pt", "generator", (1000, 750, 500, 250), 5.0, True, 12, 3, lora=True,
                      recache="authors", source="github.com/NVlabs/LongLive (v1, Wan2.1-T2V-1.3B)"),
-    # Reward Forcing (Apache-2.0): a bare state dict; local 9 with a sink of 3 updated by EMA
+    # Reward Forcing (Apache-2.0): a bare state dict; local 9 = EMA sink 3 + 3 past + the current
+    # block, cached keys rotated at read time by their slot (cache-relative, as the project does)
     "reward-forcing": Kind("rewardforcing.pt", "bare", (1000, 750, 500, 250), 5.0, True, 9, 3, sink_update="ema",
                            sink_ema=0.999, source="Reward Forcing's reference code"),
 }
