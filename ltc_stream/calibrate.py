@@ -6,6 +6,12 @@ then streams on other prompts and noise are generated with those weights and wit
 the curve is model calls per chunk against the PSNR of the LTC frames against the full-step frames
 (the pixels a viewer sees, peak 255). With one `--tau` and `--save`, its weights go into the
 folder as `ltc_weights.json`, which serve, render and bench load with the model.
+
+A folder made by `ltc-stream import` samples with its authors' re-noise sampler, where the angle
+rule does not apply (adjacent predictions are far apart): for it the curve is
+`stream_folder.calibrate_stream_folder`'s sweep (LTC, plain reuse and a shorter schedule at each
+number of calls, in latent PSNR against the full run), and `--save` stores the best skip at one
+call fewer.
 """
 from __future__ import annotations
 
@@ -135,6 +141,10 @@ def main(args: argparse.Namespace) -> int:
     for tau in args.tau:
         LTCConfig(tau=tau, max_skips=args.max_skips).validate()
     folder = Path(args.model).expanduser()
+    from .models import model_family
+
+    if model_family(args.model) == "stream":  # its own sweep; --tau does not apply
+        return _calibrate_imported(args, folder)
     if args.save and len(args.tau) != 1:
         raise ConfigError(f"--save writes one calibration: give one --tau (the curve's choice), got {len(args.tau)}")
     if args.save and not folder.is_dir():
@@ -156,4 +166,23 @@ def main(args: argparse.Namespace) -> int:
             print(f"[calibrate] saved tau {args.tau[0]:g} (skips steps {calibrated[0].skipped_steps}) to "
                   f"{folder / LTC_FILE}", file=sys.stderr)
     print(json.dumps(report))
+    return 0
+
+
+def _calibrate_imported(args: argparse.Namespace, folder: Path) -> int:
+    from .cli import model_settings
+    from .models.stream_folder import calibrate_stream_folder
+
+    settings = model_settings(args)
+    if settings.pop("steps") is not None:
+        raise ConfigError("an imported model samples at its authors' timesteps; --steps does not apply to it")
+    if settings.pop("decoder") not in (None, "auto"):
+        raise ConfigError("calibrate measures latents; --decoder does not apply to it")
+    options = settings.pop("options")
+    prompts = [GENERAL_PROMPTS[i % len(GENERAL_PROMPTS)] for i in range(min(args.prompts, len(GENERAL_PROMPTS)))]
+    result = calibrate_stream_folder(folder, prompts, save=args.save, command=getattr(args, "command_line", None),
+                                     file=sys.stderr, **settings, **options)
+    print(json.dumps({"model": str(folder), "curve": result["curve"], "config": str(result["config"]),
+                      "model_calls": result["model_calls"], "saved": args.save,
+                      "command": getattr(args, "command_line", None)}, default=str))
     return 0

@@ -136,3 +136,27 @@ def test_a_stored_choice_for_other_settings_is_refused(folder):
     again = calibrate_stream_folder(folder, PROMPTS[:1], seeds=1, file=io.StringIO(), height=48, width=48,
                                     context_blocks=0)
     assert again["weights"].key["latent_shape"] == [1, 16, 3, 6, 6]
+
+
+def test_calibrate_command_on_an_imported_folder_prints_the_curve_and_stores_the_skip(folder, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "sf"
+    shutil.copytree(folder, copy, symlinks=True)
+    (copy / "ltc_weights.json").unlink(missing_ok=True)
+    out = subprocess.run([sys.executable, "-m", "ltc_stream", "calibrate", "--model", str(copy), "--device", "cpu",
+                          "--size", "48x32", "--prompts", "2", "--save"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["model_calls"] == 3 and report["saved"] is True
+    assert "genuine shorter schedule" in out.stderr
+    stored = json.loads((copy / "ltc_weights.json").read_text())
+    assert stored["key"]["sampler"] == "renoise"
+    model = load_model(str(copy), device="cpu", **SIZE)
+    state = model.new_stream(0)
+    assert model.generate_chunk(state, model.encode_prompt(PROMPTS[0]), ltc=True).model_calls == 3
+    bad = subprocess.run([sys.executable, "-m", "ltc_stream", "calibrate", "--model", str(copy), "--steps", "3"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "authors' timesteps" in bad.stderr and "Traceback" not in bad.stderr
