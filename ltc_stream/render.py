@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
-from .models.default import add_sampling_arguments, sampling_options
 from .stream import PROMPT_CHANGE_OPTIONS, Steering
 
 
@@ -108,7 +107,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cut: a new prompt starts a fresh scene; blend: the scene morphs over two chunks; "
                              "auto: the model's choice (the default model cuts)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    add_sampling_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -119,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
     prompts = parse_timed_prompts(args.prompt)
     from .models import load_model
 
-    model = load_model(args.model, device=args.device, **sampling_options(args))
+    model = load_model(args.model, device=args.device)
     frames, info = render(model, prompts, args.seconds, ltc=not args.no_ltc, seed=args.seed,
                           prompt_change=args.on_prompt_change)
     write_video(args.output, frames, model.fps)

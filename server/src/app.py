@@ -27,7 +27,6 @@ from websockets.http11 import Request, Response
 
 from ltc_stream.errors import ConfigError, LTCStreamError
 from ltc_stream.models.base import VideoModel
-from ltc_stream.models.default import add_sampling_arguments, sampling_options
 from ltc_stream.stream import DEFAULT_PROMPT, PROMPT_CHANGE_OPTIONS, StreamGenerator
 
 from .metrics import Metrics
@@ -418,7 +417,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the model's network (regionally where it repeats blocks, as Wan does) and "
                              "warm it up before taking viewers; for GPUs: 1.2x (Wan) to 1.5x (AnimateDiff) measured, "
                              "seconds to minutes of compiling at start-up")
-    add_sampling_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -432,7 +430,6 @@ def main(args: argparse.Namespace) -> int:
                        prompt_change=args.on_prompt_change)
     cfg.validate()
     options = {"steps": args.steps} if args.steps else {}
-    options.update(sampling_options(args))
     print(f"loading model {args.model!r} ...", flush=True)
     model = load_model(args.model, device=args.device, **options)
     if args.compile:
