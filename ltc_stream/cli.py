@@ -23,7 +23,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("ltc_stream.bench", "benchmark a model's chunk generation (denoise, decode, end-to-end FPS)"),
     "train-default": ("ltc_stream.models.default.train", "train and distil the built-in default model"),
     "eval-default": ("ltc_stream.models.default.evaluate", "measure the default model: speed, prompt fidelity, continuity, LTC"),
-    "average-default": ("ltc_stream.models.default.average", "average two default-model folders' networks (a weight average)"),
 }
 
 

@@ -116,6 +116,11 @@ def from_unit(images: torch.Tensor) -> np.ndarray:
     return ((images.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).movedim(-3, -1).cpu().numpy()
 
 
+def to_unit(frames_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., H, W, 3] -> float [..., 3, H, W] in [-1, 1]."""
+    return frames_uint8.movedim(-1, -3).float() / 127.5 - 1.0
+
+
 class Autoencoder(nn.Module):
     def __init__(self, cfg: NetConfig):
         super().__init__()
