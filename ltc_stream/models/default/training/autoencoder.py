@@ -9,25 +9,18 @@ from .config import TrainConfig, cosine_lr, progress, scalar
 
 
 def fit_autoencoder(ae: Autoencoder, frames: torch.Tensor, params, steps: int, lr: float, batch: int, seed: int,
-                    log: list, stage: str, label: str, weight: torch.Tensor | None = None) -> None:
+                    log: list, stage: str, label: str) -> None:
     """`steps` AdamW steps (cosine schedule) on `params` of L1 + MSE between random frames (uint8
-    [N, H, W, 3]) and their reconstructions; with `weight` [1, 1, H, W], both weighted per pixel
-    (normalised by its mean). Losses logged as `stage`; `label` names the progress bar."""
+    [N, H, W, 3]) and their reconstructions. Losses logged as `stage`; `label` names the progress bar."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     device = ae.latent_scale.device  # the frames stay on the CPU; each batch moves to the network
-    if weight is not None:
-        weight = weight.to(device)
     for step in progress(range(steps), steps, label):
         cosine_lr(opt, step, steps, lr)
         idx = torch.randint(len(frames), (batch,), generator=gen)
         x = to_unit(frames[idx].to(device))
         recon = ae.decoder(ae.encoder(x))
-        if weight is None:
-            loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
-        else:
-            d = recon - x
-            loss = (weight * (d.abs() + d * d)).mean() / weight.mean()
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
