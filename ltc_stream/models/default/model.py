@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 PACKAGED = Path(__file__).resolve().parent.parent / "weights" / "default"
 LTC_FILE = "ltc_weights.json"
-# the angle threshold the packaged model's LTC weights were calibrated with (model card, "LTC")
+# the angle threshold the packaged model's LTC weights were calibrated with (at most one skip of 4 steps)
 CALIBRATION_TAU = 0.3
 # what train-default writes into a new folder's ltc_model.json (sampling.seam_anchor); a folder that
 # names none samples without it, as it did before the anchor existed. 0.3 on the packaged weights:
@@ -35,7 +35,7 @@ CALIBRATION_TAU = 0.3
 SEAM_ANCHOR = 0.3
 # what `train-default --train-reader` writes into the folder's sampling.reader_guidance: the step size
 # of reader guidance (reader.py), chosen on held-out prompts 200-299, not the 200 the figures use
-# (model card, "Reader guidance")
+# (model card, "Sampling")
 READER_GUIDANCE = 0.2
 # the seam anchor `--train-reader` raises a folder's to: guidance draws the first chunk's colours
 # where the network alone would not, and with the anchor at 0.3 the next chunk's seam grew (ratio

@@ -4,7 +4,7 @@ moved one gradient step towards the colours the prompt names (object colour on t
 reader takes for object, background colour elsewhere).
 
 Why: the denoiser mixes the colours a prompt names (a blue background drawn towards the object's
-purple, orange towards red; model card, "Where the colours go wrong"), and its first estimate from
+purple, orange towards red; git tag lab-2026-11-27's model card, "Where the colours go wrong"), and its first estimate from
 pure noise already carries the mix. This is classifier guidance (Dhariwal & Nichol 2021) applied to
 the x0 estimate: the reader is trained on the training clips' latents and on the student's own x0
 estimates of them, labelled from the world's ground truth; what the prompt names comes from the

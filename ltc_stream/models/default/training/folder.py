@@ -72,8 +72,8 @@ def save_folder(out: Path, net: NetConfig, ae: Autoencoder, teacher: Denoiser | 
         "student_steps": cfg.student_steps,
         "student_sigmas": student_sigmas(cfg.student_steps).tolist(),
         "train": cfg.__dict__,
-        # plain noise even for a folder trained with flowing noise: the one such network measured
-        # sampled best on plain noise (model card); `--noise-flow A` at sampling asks for it
+        # plain noise even for a folder trained with flowing noise: the networks measured sampled
+        # best on plain noise (git tag lab-2026-11-27's model card, "Flowing noise")
         "sampling": {"seam_anchor": SEAM_ANCHOR},
         **(extra or {}),
     }
