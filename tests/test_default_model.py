@@ -161,6 +161,22 @@ def test_bad_model_folders_are_clear_errors(quick_folder, tmp_path):
         load_default(quick_folder[0], options={"colour": "red"})
 
 
+def test_a_folder_trained_with_a_removed_architecture_option_is_a_clear_error(quick_folder, tmp_path):
+    """Options tried and not shipped were deleted (git tag lab-2026-11-27 keeps them): a folder that
+    names one as on is refused in one line pointing at the tag; one naming it off loads as before."""
+    for key, value, loads in (("rel_pos", True, False), ("colour_palette", True, False), ("residual_context", False, True)):
+        folder = tmp_path / f"{key}-{value}"
+        shutil.copytree(quick_folder[0], folder)
+        meta = json.loads((folder / "ltc_model.json").read_text())
+        meta["net"][key] = value
+        (folder / "ltc_model.json").write_text(json.dumps(meta))
+        if loads:
+            assert load_default(folder, device="cpu").net.frames_per_chunk == 4
+        else:
+            with pytest.raises(ModelNotFoundError, match=f"trained with {key}.*lab-2026-11-27"):
+                load_default(folder, device="cpu")
+
+
 def test_render_writes_a_decodable_video_with_timed_prompts(quick_folder, tmp_path):
     import av
 
@@ -694,17 +710,17 @@ def test_adaptive_output_and_cross_attention_drop(quick_folder):
 
 def test_context_shift_offsets_whole_clips_and_reaches_teacher_and_distillation(quick_folder, monkeypatch):
     from ltc_stream.models.default.networks import Autoencoder
-    from ltc_stream.models.default.training import data, distil, teacher as teacher_module
+    from ltc_stream.models.default.training import data as training_data, distil, teacher as teacher_module
 
     # pixels: one RGB offset per clip, the same on every pixel and frame of it, within the bound
     frames = torch.randint(30, 220, (6, 2, 8, 8, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    diff = data.shift_colours(frames, torch.Generator().manual_seed(1), levels=24).int() - frames.int()
+    diff = training_data.shift_colours(frames, torch.Generator().manual_seed(1), levels=24).int() - frames.int()
     per_clip = diff[:, :1, :1, :1]
     assert torch.equal(diff, per_clip.expand_as(diff))
     assert diff.abs().max() <= 24 and diff.abs().float().mean() > 3
     assert len({tuple(row.tolist()) for row in per_clip.reshape(6, 3)}) == 6
     white = torch.full((2, 1, 2, 2, 3), 250, dtype=torch.uint8)
-    assert data.shift_colours(white, torch.Generator().manual_seed(2), levels=24).max() <= 255
+    assert training_data.shift_colours(white, torch.Generator().manual_seed(2), levels=24).max() <= 255
 
     # latents: with a zero offset the shifted contexts are exactly the clips' own context latents
     folder = quick_folder[0]
@@ -714,18 +730,18 @@ def test_context_shift_offsets_whole_clips_and_reaches_teacher_and_distillation(
     n_frames = net.context_frames + net.frames_per_chunk
     clips = np.stack([render(sample_scene(s), 0, n_frames, net.height, net.width) for s in range(4)])
     data = {"frames": torch.from_numpy(clips)}
-    latents = data.encode_clips(ae, data)
+    latents = training_data.encode_clips(ae, data)
     cfg = dataclasses.replace(TrainConfig.quick(), context_shift=1.0, context_drop=0.0, teacher_steps=3,
                               distil_trajectories=4, distil_batch=2)
-    monkeypatch.setattr(data, "CONTEXT_SHIFT_LEVELS", 0.0)
-    torch.testing.assert_close(data.shifted_context_latents(ae, data, net, cfg), latents[:, :, : net.context_frames])
-    monkeypatch.setattr(data, "CONTEXT_SHIFT_LEVELS", 24.0)
-    shifted = data.shifted_context_latents(ae, data, net, cfg)
+    monkeypatch.setattr(training_data, "CONTEXT_SHIFT_LEVELS", 0.0)
+    torch.testing.assert_close(training_data.shifted_context_latents(ae, data, net, cfg), latents[:, :, : net.context_frames])
+    monkeypatch.setattr(training_data, "CONTEXT_SHIFT_LEVELS", 24.0)
+    shifted = training_data.shifted_context_latents(ae, data, net, cfg)
     assert (shifted - latents[:, :, : net.context_frames]).abs().mean() > 0.05
 
     # wiring: with a share of 1 every context the teacher and the trajectories see is a shifted row
     seen = []
-    original = data.augment_context
+    original = training_data.augment_context
 
     def spy(context, gen, drop_rate=0.15):
         seen.append(context.clone())
