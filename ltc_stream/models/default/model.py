@@ -314,7 +314,7 @@ def _folder_setting(meta: dict, meta_path: Path, name: str) -> Any:
     `--model-option` checks a given value."""
     sampling = meta.get("sampling", {})
     if not isinstance(sampling, dict):
-        raise ModelNotFoundError(f"{meta_path}: sampling is malformed ({sampling!r})")
+        raise ModelNotFoundError(f"{meta_path}: sampling.{name} is malformed: sampling is {sampling!r}, not a table")
     if name not in sampling:
         return OPTIONS[name].default
     try:
