@@ -30,7 +30,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-ltc": ("ltc_stream.eval_ltc", "LTC against full-step, re-spaced and reuse sampling on an exact oracle"),
     "train-default": ("ltc_stream.models.default.train", "train and distil the built-in default model"),
     "eval-default": ("ltc_stream.models.default.evaluate", "measure the default model: speed, prompt fidelity, continuity, LTC"),
-    "average-default": ("ltc_stream.models.default.average", "average two default-model folders' networks (a weight average)"),
     "import": ("ltc_stream.models.importers", "make a model folder from a published checkpoint (Self-Forcing, CausVid, LongLive, ...)"),
     "check-model": ("ltc_stream.check_model", "say what a model folder is, load it, run one block, check its GPU memory"),
 }
@@ -41,7 +40,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("run a model", ("serve", "render")),
     ("prepare a model", ("import", "check-model", "calibrate")),
     ("measure", ("bench model", "bench kernels", "bench e2e", "eval-ltc")),
-    ("the built-in default model", ("train-default", "eval-default", "average-default")),
+    ("the built-in default model", ("train-default", "eval-default")),
 )
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")

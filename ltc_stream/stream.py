@@ -29,7 +29,8 @@ from .models.base import ChunkResult, VideoModel
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROMPT = "a red ball moving right on a blue background"
+# one the built-in model draws from the first frame (benchmarks/results/default-model-prompts-cpu.json)
+DEFAULT_PROMPT = "a yellow circle moving left on a blue background"
 
 
 class PromptBlender:

@@ -234,17 +234,9 @@ def test_random_weight_models_refuse_to_run_without_the_flag():
     (("--size", "100"), "--size must be a multiple of 8"),
     (("--context-drop", "1.5"), "--context-drop must be between 0 and 1"),
     (("--object-weight", "-1"), "--object-weight must be between 0 and 100"),
-    (("--motion-weight", "101"), "--motion-weight must be between 0 and 100"),
-    (("--object-weight-sigma", "1.5"), "--object-weight-sigma must be between 0 and 1"),
     (("--text-velocity",), "--text-velocity reads the prompt through the attribute pooling: add --text-attributes"),
-    (("--colour-palette",), "--colour-palette reads the prompt through the attribute pooling: add --text-attributes"),
-    (("--colour-palette", "--text-attributes", "--residual-context"), "--colour-palette draws colours"),
-    (("--distil-rollout", "1.5"), "--distil-rollout must be between 0 and 1"),
-    (("--finetune-decoder", "0"), "--finetune-decoder must be at least 1"),
-    (("--finetune-decoder", "5"), "is not a trained default-model folder"),
     (("--train-reader", "0"), "--train-reader must be at least 1"),
     (("--train-reader", "5"), "is not a trained default-model folder"),
-    (("--distil-filter", "--residual-context"), "--distil-filter reads the teacher's chunks as pictures"),
 ])
 def test_train_default_refuses_bad_settings_in_one_line(tmp_path, args, message):
     out = run_cli("train-default", "--quick", "--output", str(tmp_path / "m"), *args)
@@ -258,8 +250,8 @@ def test_train_default_resume_keeps_the_folders_own_settings(tmp_path):
     the defaults reuses its teacher instead of retraining it with the defaults."""
     out = tmp_path / "m"
     first = run_cli("train-default", "--quick", "--output", str(out), "--teacher-steps", "40",
-                    "--object-weight", "2", "--context-drop", "0.3", "--motion-weight", "3",
-                    "--distil-trajectories", "12", "--residual-context", timeout=300)
+                    "--object-weight", "2", "--context-drop", "0.3", "--cross-attn-drop", "0.2",
+                    "--distil-trajectories", "12", "--motion-conv", timeout=300)
     assert first.returncode == 0, first.stderr
     teacher = (out / "teacher.safetensors").read_bytes()
     again = run_cli("train-default", "--quick", "--resume", "--output", str(out), timeout=300)
@@ -267,27 +259,24 @@ def test_train_default_resume_keeps_the_folders_own_settings(tmp_path):
     assert "resuming after stage 'distilled'" in again.stdout
     assert (out / "teacher.safetensors").read_bytes() == teacher
     saved = json.loads((out / "ltc_model.json").read_text())["train"]
-    assert (saved["teacher_steps"], saved["object_weight"], saved["context_drop"], saved["motion_weight"],
-            saved["distil_trajectories"]) == (40, 2.0, 0.3, 3.0, 12)
-    assert json.loads((out / "ltc_model.json").read_text())["net"]["residual_context"] is True
+    assert (saved["teacher_steps"], saved["object_weight"], saved["context_drop"], saved["cross_attn_drop"],
+            saved["distil_trajectories"]) == (40, 2.0, 0.3, 0.2, 12)
+    assert json.loads((out / "ltc_model.json").read_text())["net"]["motion_conv"] is True
 
 
-@pytest.mark.parametrize("command", [("eval-default", "--prompts", "1")])
-def test_an_out_of_range_seam_anchor_is_one_clear_line(tmp_path, command):
-    out = subprocess.run([sys.executable, "-m", "ltc_stream", *command, "--seam-anchor", "1.5"],
+@pytest.mark.parametrize("option, message", [("seam_anchor=1.5", "model option seam_anchor=1.5 is above its maximum 1.0"),
+                                             ("noise_flow=1", "unknown model option(s) for default: noise_flow")])
+def test_eval_default_refuses_a_bad_model_option_in_one_line(tmp_path, option, message):
+    out = subprocess.run([sys.executable, "-m", "ltc_stream", "eval-default", "--prompts", "1", "--model-option", option],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 2, out.stderr
-    assert "seam_anchor must be between 0 and 1, got 1.5" in out.stderr and "Traceback" not in out.stderr
-    assert not (tmp_path / "x.mp4").exists()
+    assert message in out.stderr and "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--guided-teacher", "30"), "--guided-teacher must be between 0 and 20, got 30.0"),
-    (("--guided-teacher", "5", "--calibrate"), "it does not go with --guided-teacher"),
-    (("--guided-teacher", "5", "--fidelity-only"), "--fidelity-only measures the served student's streams"),
     (("--no-ltc",), "--no-ltc goes with --fidelity-only"),
 ])
-def test_eval_default_refuses_bad_guided_teacher_settings_in_one_line(args, message):
+def test_eval_default_refuses_bad_settings_in_one_line(args, message):
     out = run_cli("eval-default", "--prompts", "1", *args)
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "Traceback" not in out.stderr

@@ -1,16 +1,14 @@
-"""Flowing noise (`ltc_stream.models.default.noise`, `--noise-flow`): noise whose shared part moves
-along the prompt's motion, still standard normal, flowing on across a stream's chunks.
+"""Flowing noise (`ltc_stream.models.default.noise`, `train-default --noise-flow`, part of the packaged
+model's training recipe): noise whose shared part moves along the prompt's motion, still standard normal.
 
 The references are independent of the code under test: moments and correlations of the draws, and
 `torch.roll` of the field summed down by hand for whole-pixel motion."""
 from __future__ import annotations
 
-import pytest
 import torch
 
-from ltc_stream.errors import ConfigError
 from ltc_stream.models.default import model as model_module
-from ltc_stream.models.default.noise import UPSCALE, advance, field_frames, mix, noise_field
+from ltc_stream.models.default.noise import UPSCALE, field_frames, mix, noise_field
 
 
 def _summed_down(field: torch.Tensor) -> torch.Tensor:
@@ -54,66 +52,33 @@ def test_the_field_moves_by_the_velocity_in_quarter_pixels_and_stands_still_with
     assert torch.allclose(moved[:, :, 2], torch.roll(moved[:, :, 0], (-1, 2), dims=(-2, -1)), atol=1e-6)
 
 
-def test_a_stream_continues_its_field_across_chunks_and_takes_it_as_its_noise():
-    model = model_module.load_default(None, device="cpu", noise_flow=1.0)
-    assert model.noise_flow == 1.0 and model.describe()["noise_flow"] == 1.0
-    tokens = model.encode_prompt("a crimson disc drifts leftward over a cobalt sky")[None]
-    state = model.new_stream(5)
-    first, second = model.flowing_part(state, tokens), model.flowing_part(state, tokens)
-    _, c, t, hh, ww = model.latent_shape()
-    velocity = model.denoiser.grid_velocity(tokens, hh, ww)
-    assert float(velocity[0, 0]) < 0  # the prompt names motion to the left
-    whole = field_frames(state.noise_field, torch.zeros(1, 2), velocity, 2 * t)  # one 16-frame stretch
-    assert torch.allclose(torch.cat([first, second], dim=2), whole, atol=1e-6)
-    assert torch.allclose(state.noise_offset, advance(torch.zeros(1, 2), velocity, state.noise_field, 2 * t))
-
-    seen = []
-    real_sample = model_module.sample
-
-    def spy(den, x_T, sigmas, *args, **kwargs):
-        seen.append(x_T.clone())
-        return real_sample(den, x_T, sigmas, *args, **kwargs)
-
-    model_module.sample = spy
-    try:
-        stream = model.new_stream(9)
-        for _ in range(2):
-            model.generate_chunk(stream, tokens[0], ltc=False)
-    finally:
-        model_module.sample = real_sample
-    # with the whole share flowing, each chunk's noise is the stream's field moved on: the second
-    # chunk's first frame is the first chunk's first frame moved 8 frames along the velocity
-    reference = field_frames(stream.noise_field, torch.zeros(1, 2), velocity, 2 * t)
-    assert torch.allclose(torch.cat(seen, dim=2), reference, atol=1e-6)
-
-
-def test_training_with_flowing_noise_writes_a_folder_that_samples_with_it(tmp_path, monkeypatch):
+def test_training_with_flowing_noise_writes_a_folder_that_samples_on_plain_noise(tmp_path, monkeypatch):
     """`train-default --noise-flow A` trains teacher and distillation on flowing noise (every
-    teacher step and trajectory batch draws it); the folder records it and samples on plain noise
-    unless asked (`--noise-flow` at sampling, `sampling.noise_flow`)."""
+    teacher step and trajectory batch draws it); the folder records it and samples on plain noise."""
     import json
 
     from ltc_stream.cli import main
-    from ltc_stream.models.default import train as train_module
+    from ltc_stream.models.default.training import distil, teacher
+    from ltc_stream.models.default.training.config import TrainConfig
 
     calls = []
-    real = train_module.flowing_training_noise
+    real = teacher.flowing_training_noise
 
     def counting(model, fresh, tokens, top, gen):
         calls.append(top)
         return real(model, fresh, tokens, top, gen)
 
-    monkeypatch.setattr(train_module, "flowing_training_noise", counting)
+    for module in (teacher, distil):
+        monkeypatch.setattr(module, "flowing_training_noise", counting)
     out = tmp_path / "flow"
     assert main(["train-default", "--quick", "--text-attributes", "--text-velocity", "--noise-flow", "0.7",
                  "--output", str(out)]) == 0
     meta = json.loads((out / "ltc_model.json").read_text())
     assert meta["train"]["noise_flow"] == 0.7 and "noise_flow" not in meta["sampling"]
-    cfg = train_module.TrainConfig.quick()
+    cfg = TrainConfig.quick()
     trajectory_batches = max(1, cfg.distil_trajectories // cfg.distil_batch)
     assert calls == [0.7] * (cfg.teacher_steps + trajectory_batches)  # every teacher step and trajectory batch
-    assert model_module.load_default(out, device="cpu").noise_flow == 0.0
-    model = model_module.load_default(out, device="cpu", noise_flow=0.7)
-    state = model.new_stream(0)
-    model.generate_chunk(state, model.encode_prompt("a red circle moving left on a blue background"), ltc=False)
-    assert state.noise_field is not None and state.noise_offset is not None
+    model = model_module.load_default(out, device="cpu")
+    chunk = model.generate_chunk(model.new_stream(0), model.encode_prompt("a red circle moving left on a blue background"),
+                                 ltc=False)
+    assert chunk.frames.shape[0] == model.frames_per_chunk

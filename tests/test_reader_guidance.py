@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ltc_stream.errors import ConfigError
-from ltc_stream.ltc import sample
 from ltc_stream.models import load_model
 from ltc_stream.models.default.model import READER_GUIDANCE, READER_SEAM_ANCHOR, load_default, train_reader_command
 from ltc_stream.models.default.networks import Denoiser, NetConfig
-from ltc_stream.models.default.reader import (IGNORE, NO_OBJECT_PENALTY, ColourReader, cell_labels, guide_x0,
-                                              selection_scores)
-from ltc_stream.models.default.train import TrainConfig, train, train_reader_folder
+from ltc_stream.models.default.reader import IGNORE, ColourReader, cell_labels, guide_x0
+from ltc_stream.models.default.train import train
+from ltc_stream.models.default.training.config import TrainConfig
+from ltc_stream.models.default.training.reader import train_reader_folder
 from ltc_stream.models.default.world import ATTRIBUTES, COLOURS, Scene, SceneObject, object_coverage, sample_scene
 
 PROMPT = "a red ball moving left on a blue background"
@@ -103,7 +103,7 @@ def test_train_reader_adds_a_reader_and_turns_guidance_on_leaving_the_model(attr
     plain = load_model(str(folder), device="cpu")
     assert plain.reader_guidance == 0 and plain.reader is None
     with pytest.raises(ConfigError, match=re.escape(train_reader_command(folder))):  # a command to run as it stands
-        load_model(str(folder), device="cpu", reader_guidance=0.5)
+        load_default(folder, device="cpu", options={"reader_guidance": 0.5})
 
     stale = folder / "ltc_weights.json"
     stale.write_text("{}")  # stands for a calibration made before the reader existed
@@ -116,13 +116,12 @@ def test_train_reader_adds_a_reader_and_turns_guidance_on_leaving_the_model(attr
     assert meta["reader"]["steps"] == 20 == record["steps"]
     assert meta["sampling"]["reader_guidance"] == READER_GUIDANCE
     assert meta["sampling"]["seam_anchor"] == max(READER_SEAM_ANCHOR, plain.seam_anchor)
-    assert "noise_candidates" not in meta["sampling"]  # selection stays off until asked for
     assert set(record["held_out_accuracy"]["denoiser_estimates"]) == {"background_colour", "object_colour", "object"}
 
     guided = load_model(str(folder), device="cpu")
-    off = load_model(str(folder), device="cpu", reader_guidance=0.0, noise_candidates=1, seam_anchor=plain.seam_anchor)
-    assert guided.reader_guidance == READER_GUIDANCE and guided.noise_candidates == 1
-    assert off.reader is None and plain.noise_candidates == 1
+    off = load_default(folder, device="cpu", options={"reader_guidance": 0.0, "seam_anchor": plain.seam_anchor})
+    assert guided.reader_guidance == READER_GUIDANCE
+    assert off.reader is None
     assert guided.ltc_key() != off.ltc_key() == plain.ltc_key()
     emb = guided.encode_prompt(PROMPT)
     frames = {}
@@ -133,7 +132,7 @@ def test_train_reader_adds_a_reader_and_turns_guidance_on_leaving_the_model(attr
     assert not np.array_equal(frames["guided"], frames["off"])
     for bad in (-0.1, 2.5, float("nan")):
         with pytest.raises(ConfigError, match="reader_guidance"):
-            load_model(str(folder), device="cpu", reader_guidance=bad)
+            load_default(folder, device="cpu", options={"reader_guidance": bad})
 
 
 def test_reader_guidance_needs_the_attribute_pooling_and_the_stage_a_trained_folder(attribute_folder, tmp_path):
@@ -157,141 +156,5 @@ def test_retraining_a_folder_turns_off_the_guidance_its_old_reader_was_for(attri
     train(dataclasses.replace(TrainConfig.quick(), teacher_steps=4, distil_steps=4), net, folder)
     assert "reader guidance is off until" in capsys.readouterr().out
     again = load_model(str(folder), device="cpu")
-    assert again.reader is None and again.noise_candidates == 1
+    assert again.reader is None
 
-
-def _reference_scores(colour_logits, object_logit, obj_p, bg_p, x0=None, shift=None, weight=0.0, border=2):
-    """selection_scores written out again, per pixel, in double precision; the motion term moves each
-    frame by a whole number of latent pixels `shift` (x, y) with zeros entering."""
-    logp = torch.log_softmax(colour_logits.double(), 1).numpy()
-    obj = (object_logit > 0).numpy()
-    n, _, t, h, w = logp.shape
-    scores = []
-    for b in range(n):
-        on, off = [], []
-        for k in range(t):
-            for i in range(h):
-                for j in range(w):
-                    if obj[b, k, i, j]:
-                        on.append(float((obj_p[0].double().numpy() * logp[b, :, k, i, j]).sum()))
-                    else:
-                        off.append(float((bg_p[0].double().numpy() * logp[b, :, k, i, j]).sum()))
-        score = (np.mean(on) if on else -NO_OBJECT_PENALTY) + (np.mean(off) if off else 0.0)
-        if weight:
-            x = x0[b].double().numpy()
-            moved = np.zeros_like(x[:, :-1])
-            dx, dy = shift
-            for i in range(h):
-                for j in range(w):
-                    if 0 <= i - dy < h and 0 <= j - dx < w:
-                        moved[:, :, i, j] = x[:, :-1, i - dy, j - dx]
-            inner = (slice(None), slice(None), slice(border, h - border), slice(border, w - border))
-            along = ((x[:, 1:] - moved) ** 2)[inner].mean()
-            still = ((x[:, 1:] - x[:, :-1]) ** 2)[inner].mean()
-            score -= weight * np.log(max(along, 1e-12) / max(still, 1e-12))
-        scores.append(score)
-    return np.array(scores)
-
-
-def test_selection_scores_match_a_per_pixel_reference():
-    torch.manual_seed(1)
-    reader = ColourReader(4, width=8).eval()
-    x0 = torch.randn(3, 4, 3, 8, 8)
-    obj_p = torch.softmax(torch.randn(1, len(COLOURS)), -1)
-    bg_p = torch.softmax(torch.randn(1, len(COLOURS)), -1)
-    with torch.no_grad():
-        colour_logits, object_logit = reader(x0)
-        assert (object_logit > 0).any() and (object_logit <= 0).any()
-        velocity = torch.tensor([[1 / 8, -2 / 8]])  # one latent pixel right, two up, per frame
-        got = selection_scores(reader, x0, obj_p, bg_p, velocity, motion_weight=1.5).numpy()
-        want = _reference_scores(colour_logits, object_logit, obj_p, bg_p, x0, (1, -2), 1.5)
-        assert np.allclose(got, want, rtol=1e-4, atol=1e-4)
-        colour_only = selection_scores(reader, x0, obj_p, bg_p).numpy()
-        assert np.allclose(colour_only, _reference_scores(colour_logits, object_logit, obj_p, bg_p), rtol=1e-4, atol=1e-4)
-        reader.out.bias[-1] = -1e4  # the reader sees no object anywhere: every draw pays the penalty
-        _, none = reader(x0)
-        assert not (none > 0).any()
-        got = selection_scores(reader, x0, obj_p, bg_p).numpy()
-        assert np.allclose(got, _reference_scores(*reader(x0), obj_p, bg_p), rtol=1e-4, atol=1e-4)
-
-
-def test_selection_scores_favour_the_draw_that_moves_the_way_the_prompt_says():
-    torch.manual_seed(2)
-    reader = ColourReader(4, width=8).eval()
-    blob = torch.zeros(4, 12, 12)
-    blob[:, 4:7, 3:6] = 1.0
-    right = torch.stack([torch.roll(blob, k, dims=2) for k in range(4)], 1)  # one latent pixel right per frame
-    left = torch.stack([torch.roll(blob, -k, dims=2) for k in range(4)], 1)
-    x0 = torch.stack([right, left]) + 0.01 * torch.randn(2, 4, 4, 12, 12)
-    p = torch.full((1, len(COLOURS)), 1 / len(COLOURS))
-    with torch.no_grad():
-        colour = selection_scores(reader, x0, p, p)
-        moving = selection_scores(reader, x0, p, p, torch.tensor([[1 / 12, 0.0]]), motion_weight=1.0)
-        still = selection_scores(reader, x0, p, p, torch.zeros(1, 2), motion_weight=1.0)
-    gain = moving - colour
-    assert gain[0] > 1.0 and gain[1] < 0  # along the named motion the change nearly vanishes; against it, it grows
-    assert torch.allclose(still, colour)  # a prompt that names no motion leaves the colour score
-
-
-def _reader_folder(attribute_folder, tmp_path, candidates):
-    folder = tmp_path / f"candidates-{candidates}"
-    shutil.copytree(attribute_folder, folder)
-    net = NetConfig.from_dict(json.loads((folder / "ltc_model.json").read_text())["net"])
-    torch.manual_seed(3)
-    reader = ColourReader(net.latent_channels)
-    save_file({k: v.contiguous() for k, v in reader.state_dict().items()}, str(folder / "reader.safetensors"))
-    meta = json.loads((folder / "ltc_model.json").read_text())
-    meta.setdefault("sampling", {})["noise_candidates"] = candidates
-    (folder / "ltc_model.json").write_text(json.dumps(meta))
-    return folder
-
-
-def test_noise_selection_samples_on_from_the_draw_the_reader_scores_best(attribute_folder, tmp_path):
-    folder = _reader_folder(attribute_folder, tmp_path, 3)
-    model = load_model(str(folder), device="cpu")
-    one = load_model(str(folder), device="cpu", noise_candidates=1)
-    assert model.noise_candidates == 3 and model.reader is not None and model.reader_guidance == 0
-    assert model.ltc_key() == one.ltc_key()  # one calibration serves both (it changes which draw runs, not the sampler)
-    emb = model.encode_prompt(PROMPT)
-    tokens = emb[None]
-    chosen = []
-    for seed in range(8):  # until the best draw is not the first, so picking the first would fail
-        state = model.new_stream(seed)
-        gen = torch.Generator().manual_seed(seed)
-        context = None
-        for _ in range(2):  # a first chunk and one with a context
-            draws = torch.randn(model.latent_shape(3), generator=gen)
-            den = one.denoiser_fn(tokens, context)
-            velocity = one.denoiser.grid_velocity(tokens, *one.latent_shape()[3:]) if one.net.text_velocity else None
-            scores = [float(selection_scores(model.reader, den(d[None], 1.0), *one.prompt_colours(tokens), velocity))
-                      for d in draws]
-            outputs = [sample(den, d[None], one.sigmas)[0] for d in draws]
-            best = int(np.argmax(scores))
-            model.generate_chunk(state, emb, ltc=False)
-            got = state.context
-            assert torch.allclose(got, outputs[best][:, :, -got.shape[2]:], atol=1e-4)
-            others = [k for k in range(3) if k != best]
-            assert all(not torch.allclose(got, outputs[k][:, :, -got.shape[2]:], atol=1e-4) for k in others)
-            chosen.append(best)
-            context = outputs[best][:, :, -one.net.context_frames:]
-        if any(chosen):
-            break
-    assert any(chosen)
-    state = one.new_stream(0)  # one candidate draws the noise as before the setting existed
-    plain = load_model(str(attribute_folder), device="cpu")
-    ref = plain.new_stream(0)
-    assert np.array_equal(one.generate_chunk(state, emb, ltc=False).frames, plain.generate_chunk(ref, emb, ltc=False).frames)
-
-
-def test_noise_selection_refuses_bad_settings_and_a_folder_without_a_reader(attribute_folder, tmp_path):
-    folder = _reader_folder(attribute_folder, tmp_path, 2)
-    for bad in (0, 17, 2.5, float("nan")):
-        with pytest.raises(ConfigError, match="noise_candidates"):
-            load_model(str(folder), device="cpu", noise_candidates=bad)
-    with pytest.raises(ConfigError, match="--train-reader"):
-        load_model(str(attribute_folder), device="cpu", noise_candidates=4)
-    meta = json.loads((folder / "ltc_model.json").read_text())
-    meta["sampling"]["noise_candidates"] = "many"
-    (folder / "ltc_model.json").write_text(json.dumps(meta))
-    with pytest.raises(Exception, match="sampling.noise_candidates is malformed"):
-        load_default(folder, device="cpu")

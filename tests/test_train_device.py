@@ -3,9 +3,9 @@
 The data and the random draws are made on the CPU and moved to the networks' device as they are
 used. A draw left on the CPU works on a CPU-only machine and fails on a GPU; PyTorch's 'meta'
 device shows it here: a CPU tensor meeting a meta one raises, as it would meeting a CUDA one.
-Each stage runs a couple of steps with the networks and the data on meta, with every option that
-adds tensors of its own (attribute pooling, velocity head, palette, colour-shifted contexts,
-cross-attention dropout, object and motion weights, rollout distillation).
+Each stage runs a couple of steps with the networks and the data on meta, with every option of the
+packaged model's recipe that adds tensors of its own (attribute pooling, velocity head, motion
+convolutions, output FiLM, colour-shifted contexts, cross-attention dropout, object weights).
 """
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ import numpy as np
 import torch
 
 from ltc_stream.models.default.networks import Autoencoder, Denoiser, NetConfig
-from ltc_stream.models.default.train import (TrainConfig, encode_clips, fit_autoencoder, fit_velocity_head,
-                                             freeze_attributes, palette_from_data, teacher_trajectories,
-                                             train_attributes, train_student, train_teacher)
+from ltc_stream.models.default.training.attributes import fit_velocity_head, freeze_attributes, train_attributes
+from ltc_stream.models.default.training.autoencoder import fit_autoencoder
+from ltc_stream.models.default.training.config import TrainConfig
+from ltc_stream.models.default.training.data import encode_clips
+from ltc_stream.models.default.training.distil import teacher_trajectories, train_student
+from ltc_stream.models.default.training.teacher import train_teacher
 from ltc_stream.models.default.world import ATTRIBUTES
 
 META = torch.device("meta")
@@ -27,14 +30,13 @@ def _net() -> NetConfig:
     return NetConfig(height=32, width=32, ae_widths=(8, 8, 16), width0=16, width1=16, blocks0=1, blocks1=1, cond_dim=32,
                      text_queries=2, frames_per_chunk=4, cross_attn=True,
                      attribute_classes=tuple(len(c) for c in ATTRIBUTES.values()), text_velocity=True,
-                     colour_palette=True)
+                     motion_conv=True, adaptive_output=True)
 
 
 def _cfg() -> TrainConfig:
     return TrainConfig(clips=6, ae_steps=2, ae_batch=2, teacher_steps=2, teacher_batch=4, distil_trajectories=4,
                        distil_substeps=2, distil_steps=2, distil_batch=4, attribute_steps=2, attribute_batch=4,
-                       cross_attn_drop=0.5, context_shift=0.5, object_weight_sigma=0.5, motion_weight=1.0,
-                       distil_rollout=1.0)
+                       cross_attn_drop=0.5, context_shift=0.5, object_weight=8.0)
 
 
 def test_every_training_stage_keeps_its_tensors_on_the_training_device():
@@ -50,16 +52,13 @@ def test_every_training_stage_keeps_its_tensors_on_the_training_device():
     log: list = []
 
     ae = Autoencoder(net).to(META)
-    fit_autoencoder(ae, frames.flatten(0, 1), ae.parameters(), cfg.ae_steps, cfg.lr, cfg.ae_batch, 1, log, "ae", "ae",
-                    weight=torch.ones(1, 1, net.height, net.width))
+    fit_autoencoder(ae, frames.flatten(0, 1), ae.parameters(), cfg.ae_steps, cfg.lr, cfg.ae_batch, 1, log, "ae", "ae")
     latents = encode_clips(ae.eval(), data)
     assert latents.device == META and ae.latent_scale.device == META
 
     teacher = Denoiser(net).to(META)
     train_attributes(teacher, tokens, attributes, cfg, log)
     fit_velocity_head(teacher, tokens, velocities, steps=2)
-    # the palette's rows are chosen on the host (attributes are labels): a CPU copy, as .cpu() gives it
-    teacher.palette.data.copy_(palette_from_data(latents, torch.zeros(attributes.shape, dtype=torch.long), masks))
     shifted = torch.zeros(n, net.latent_channels, net.context_frames, net.height // 8, net.width // 8, device=META)
     chunk_masks = masks[:, net.context_frames:]
     teacher = train_teacher(freeze_attributes(teacher), latents, tokens, net, cfg, log, masks=chunk_masks,

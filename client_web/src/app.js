@@ -94,6 +94,7 @@
         $("now").textContent = msg.prompt || "";
         input.maxLength = msg.limits?.max_prompt_chars || 300;
         renderExamples(msg.model?.example_prompts || []);
+        $("limits").hidden = msg.model?.name !== "default";  // the built-in toy says what it is
         break;
       case "answer":
         pc.setRemoteDescription({ type: "answer", sdp: msg.sdp }).catch((e) => show(`WebRTC: ${e}`, true));

@@ -33,9 +33,11 @@ import torch
 from ...errors import ConfigError
 from ...ltc import LTCConfig, psnr, sample
 from ...stream import PROMPT_CHANGES, Steering
-from .model import LTC_FILE, add_sampling_arguments, sampling_options, sigma_schedule
-from .train import progress, to_unit
-from .world import COLOURS, LINEAR_MOTIONS, MOTIONS, caption, render, sample_scene
+from ..base import parse_model_options, split_option
+from .model import LTC_FILE, OPTIONS, load_default, sigma_schedule
+from .networks import to_unit
+from .training.config import progress
+from .world import COLOURS, LINEAR_MOTIONS, caption, render, sample_scene
 
 PALETTE = {name: np.array(rgb, np.float32) for name, (rgb, _) in COLOURS.items()}
 STREAM_SEED = 1000  # held-out prompt k's stream (its noise) is seeded STREAM_SEED + k
@@ -170,43 +172,6 @@ def check_fidelity(frames: np.ndarray, scene) -> dict:
         checks["direction"] = seen["direction"] == obj.motion
     truth = read_video(render(scene, 0, len(frames), frames.shape[1], frames.shape[2]))
     return {"caption": scene.caption, "seen": seen, "checks": checks, "true_object_pixels": truth["object_pixels"]}
-
-
-@torch.no_grad()
-def guided_teacher_video(model, scene, seed: int, guidance: float, chunks: int = 3) -> np.ndarray:
-    """A stream of `scene`'s caption sampled the way the distillation targets are made: the model's
-    denoiser (load it with `use_teacher=True` and the target's steps) with classifier-free guidance
-    against the empty prompt, Euler on its own schedule, no LTC and no seam anchor; the same noise
-    and causal context as `evaluate`'s streams for that seed."""
-    tokens = model.encode_prompt(scene.caption)[None]
-    empty = torch.zeros_like(tokens)
-    state, parts = model.new_stream(seed), []
-    for _ in range(chunks):
-        x_T = torch.randn(model.latent_shape(), generator=state.generator, device=model.device)
-        context = state.context
-
-        def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
-            both = None if context is None else torch.cat([context, context])
-            v = model.denoiser(torch.cat([x, x]), torch.full((2,), sigma, device=x.device), torch.cat([tokens, empty]), both)
-            return x - sigma * (v[1:] + guidance * (v[:1] - v[1:]))
-
-        latents, _ = sample(denoise, x_T, model.sigmas)
-        parts.append(model.decode(latents))
-        state.context = latents[:, :, -model.net.context_frames:]
-    return np.concatenate(parts)
-
-
-def guided_teacher_fidelity(model, n_prompts: int, guidance: float, first: int = 0) -> dict:
-    """`evaluate`'s fidelity checks on `guided_teacher_video` streams: how good the targets the
-    student is distilled towards are, on the same prompts (compare with `--against`)."""
-    scenes = progress(held_out_scenes(n_prompts, first), n_prompts, f"guided teacher ({model.steps} steps, guidance {guidance:g})")
-    rows = [check_fidelity(guided_teacher_video(model, scene, STREAM_SEED + first + k, guidance)[model.frames_per_chunk:], scene)
-            for k, scene in enumerate(scenes)]
-    checks = [v for r in rows for v in r["checks"].values()]
-    return {"stage": model.stage, "steps": model.steps, "guidance": guidance,
-            "accuracy": round(float(np.mean(checks)), 3), "checks": len(checks), "ci95": bootstrap_interval(rows),
-            "by_kind": by_kind(rows), "prompts": n_prompts, "object_area": object_area(rows),
-            "per_prompt": [{"caption": r["caption"], "checks": r["checks"], "seen": r["seen"]} for r in rows]}
 
 
 def object_area(rows: list[dict]) -> dict:
@@ -511,7 +476,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tau", type=float, default=0.1, help="LTC angle threshold for --calibrate (radians)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 192, 256])
     parser.add_argument("--threads", type=int, default=2)
-    add_sampling_arguments(parser)
+    parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a sampling setting over the folder's own (repeatable): "
+                             + "; ".join(f"{key} ({option.help})" for key, option in OPTIONS.items()))
     parser.add_argument("--fidelity-only", action="store_true",
                         help="only the served streams' fidelity (with LTC where the folder is calibrated for it) and "
                              "continuity, about a quarter of the full report's time per prompt: for measuring "
@@ -519,11 +486,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-ltc", action="store_true",
                         help="with --fidelity-only: the same streams sampled without LTC (pair the report with "
                              "--against a run with LTC for what LTC costs in fidelity)")
-    parser.add_argument("--guided-teacher", type=float, default=None, metavar="G",
-                        help="instead of the full report: the fidelity of the model's teacher sampled as the "
-                             "distillation targets are (guidance G against the empty prompt, --teacher-steps "
-                             "Euler steps), on the same prompts and noise")
-    parser.add_argument("--teacher-steps", type=int, default=32, help="steps for --guided-teacher (default 32)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--output", help="also write the JSON here")
     parser.add_argument("--against", metavar="REPORT",
@@ -532,8 +494,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .. import load_model
-
     if args.prompts < 1:
         raise ConfigError(f"--prompts must be >= 1, got {args.prompts}")
     if not 0 <= args.first_prompt <= 100_000:
@@ -542,30 +502,17 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if args.no_ltc and not args.fidelity_only:
         raise ConfigError("--no-ltc goes with --fidelity-only (the full report measures the streams with and without LTC)")
-    if args.guided_teacher is not None:
-        if args.fidelity_only:
-            raise ConfigError("--fidelity-only measures the served student's streams; it does not go with --guided-teacher")
-        if not 0 <= args.guided_teacher <= 20:
-            raise ConfigError(f"--guided-teacher must be between 0 and 20, got {args.guided_teacher}")
-        if args.calibrate:
-            raise ConfigError("--calibrate measures the student's LTC weights; it does not go with --guided-teacher")
-        model = load_model(args.model, device="cpu", use_teacher=True, steps=args.teacher_steps, seam_anchor=0.0)
-        if model.stage != "teacher":
-            raise ConfigError(f"{args.model} has no teacher weights to measure")
-        report = {"model": model.describe(), "guided_teacher": guided_teacher_fidelity(model, args.prompts, args.guided_teacher,
-                                                                                       args.first_prompt)}
-        rows = report["guided_teacher"]["per_prompt"]
+    options = parse_model_options(OPTIONS, dict(split_option(text) for text in args.model_option), "default")
+    model = load_default(None if args.model == "default" else args.model, device="cpu", options=options)
+    if args.calibrate:
+        w = calibrate_model(model, tau=args.tau)
+        print(f"LTC calibrated: skip {w.skipped_steps}, angles {[None if a is None else round(a, 3) for a in w.angles]}",
+              file=sys.stderr)
+    if args.fidelity_only:
+        report = evaluate_fidelity(model, args.prompts, first=args.first_prompt, ltc=not args.no_ltc)
     else:
-        model = load_model(args.model, device="cpu", **sampling_options(args))
-        if args.calibrate:
-            w = calibrate_model(model, tau=args.tau)
-            print(f"LTC calibrated: skip {w.skipped_steps}, angles {[None if a is None else round(a, 3) for a in w.angles]}",
-                  file=sys.stderr)
-        if args.fidelity_only:
-            report = evaluate_fidelity(model, args.prompts, first=args.first_prompt, ltc=not args.no_ltc)
-        else:
-            report = evaluate(model, n_prompts=args.prompts, sizes=tuple(args.sizes), first=args.first_prompt)
-        rows = report["fidelity"]["per_prompt"]
+        report = evaluate(model, n_prompts=args.prompts, sizes=tuple(args.sizes), first=args.first_prompt)
+    rows = report["fidelity"]["per_prompt"]
     if against is not None:
         report["against"] = {"report": args.against, **paired_difference(against, rows)}
         d = report["against"]

@@ -14,7 +14,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from .text import EMBED_DIM
-from .world import ATTRIBUTES
+
+
+# architecture switches that were tried and not shipped (git tag lab-2026-11-27 keeps them); folders
+# written before they were removed name them as false
+REMOVED_SWITCHES = ("rel_pos", "residual_context", "colour_palette")
 
 
 @dataclass
@@ -35,10 +39,6 @@ class NetConfig:
     text_dim: int = EMBED_DIM
     cross_attn: bool = False  # token cross-attention in the half-resolution blocks (new models: True)
     self_attn: bool = False  # self-attention over the chunk's half-resolution positions (global context)
-    rel_pos: bool = False  # learned relative-position bias (frames, rows, columns) in that self-attention
-    # the chunk is diffused as its difference from the context's last latent frame (repeated over the
-    # chunk's frames): what stays the same across the boundary is 0 to the denoiser and is kept exactly
-    residual_context: bool = False
     heads: int = 4
     # classes per scene attribute (world.ATTRIBUTES) read by a second text pooling trained with an
     # auxiliary classification loss; its features join the FiLM condition. Empty: off
@@ -55,17 +55,15 @@ class NetConfig:
     # block also mixes its neighbouring frames moved by it, and the context frames are moved by it
     # to where the chunk's frames are, so following the named direction is alignment, not search
     text_velocity: bool = False
-    # colours drawn from a palette (needs attribute_classes): a learned latent per named colour; the
-    # output takes, per latent pixel, a mixture of the prompt's colours (the object's, the background's
-    # two, the second object's: the attribute classifier's probabilities times the palette) chosen by
-    # a gate on the last features, so where a colour goes is the network's and what it is, the words'
-    colour_palette: bool = False
-
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "NetConfig":
+        removed = [key for key in REMOVED_SWITCHES if data.get(key)]
+        if removed:  # a folder trained with an architecture option that was tried and not shipped
+            raise ValueError(f"trained with {', '.join(removed)}, which this version no longer builds "
+                             "(git tag lab-2026-11-27 has it)")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         for key in ("ae_widths", "attribute_classes"):
             if key in known:
@@ -116,6 +114,11 @@ class Decoder(nn.Module):
 def from_unit(images: torch.Tensor) -> np.ndarray:
     """float [..., 3, H, W] in [-1, 1] (clipped) -> uint8 [..., H, W, 3]: the inverse of `train.to_unit`."""
     return ((images.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
+def to_unit(frames_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., H, W, 3] -> float [..., 3, H, W] in [-1, 1]."""
+    return frames_uint8.movedim(-1, -3).float() / 127.5 - 1.0
 
 
 class Autoencoder(nn.Module):
@@ -180,25 +183,6 @@ def translate_chunk(h: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         shift = shift[:, None].expand(b, t, 2)
     flat = h.transpose(1, 2).reshape(b * t, c, hh, ww)
     return translate(flat, shift.reshape(b * t, 2)).view(b, t, c, hh, ww).transpose(1, 2)
-
-
-def motion_projection(x: torch.Tensor, velocity: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Each frame of a chunk [B, C, T, h, w] mixed, weight `alpha`, with the mean of all the chunk's
-    frames carried to it along `velocity` [B, 2] (per frame, `translate`'s fractions): frame s moved by
-    (t - s) * velocity for frame t, wrapping around the edges as the world's objects do. A chunk whose
-    content already moves that way is left as it is; one whose object stands still gets an object
-    whose centre moves along the velocity (a streak the later steps sharpen)."""
-    b, c, t, hh, ww = x.shape
-    flat = x.transpose(1, 2).reshape(b * t, c, hh, ww)
-    # a copy of the frame on every side, so moving by up to a frame wraps instead of letting zeros in
-    # (lags up to T - 1 frames: a whole frame at the velocity head's ceiling, 0.1, only past 11 frames)
-    tiled = F.pad(flat, (ww, ww, hh, hh), mode="circular").view(b, 1, t, c, 3 * hh, 3 * ww)
-    lag = torch.arange(t, device=x.device, dtype=x.dtype)
-    lag = lag[:, None] - lag[None, :]  # [target t, source s]
-    shift = lag[None, :, :, None] * velocity.to(x.dtype)[:, None, None, :] / 3  # fractions of the tiled frame
-    moved = translate(tiled.expand(b, t, t, c, 3 * hh, 3 * ww).reshape(b * t * t, c, 3 * hh, 3 * ww), shift.reshape(-1, 2))
-    mean = moved[..., hh:2 * hh, ww:2 * ww].reshape(b, t, t, c, hh, ww).mean(2)  # [B, T, C, h, w]
-    return torch.lerp(x, mean.transpose(1, 2), alpha)
 
 
 def along_motion(y: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
@@ -305,48 +289,14 @@ class ChunkSelfAttention(_ChunkAttention):
     convolutions see a few latent pixels, this sees the whole chunk, so one colour holds for the
     whole background and one object stays one object."""
 
-    def __init__(self, width: int, heads: int, rel_pos: tuple[int, int, int] | None = None):
+    def __init__(self, width: int, heads: int):
         super().__init__(width, heads)
         self.qkv = nn.Linear(width, 3 * width)
         self._make_output(width)
-        # rel_pos (frames, rows, columns) of the training size: a learned score bias per head and
-        # offset (dt, dy, dx), so a head can look "one frame back, one row down": the way attention
-        # moves things. Zero-initialised (adding it starts as the same function); offsets beyond
-        # the table (larger pictures) use its edge.
-        self.rel_bias = None
-        if rel_pos is not None:
-            self.rel_span = rel_pos
-            self.rel_bias = nn.Parameter(torch.zeros(heads, *(2 * n - 1 for n in rel_pos)))
-
-    def _bias(self, t: int, h: int, w: int) -> torch.Tensor:
-        grids = torch.meshgrid(*(torch.arange(n, device=self.rel_bias.device) for n in (t, h, w)), indexing="ij")
-        index = []
-        for grid, span in zip(grids, self.rel_span):
-            flat = grid.reshape(-1)
-            index.append((flat[:, None] - flat[None, :]).clamp(-(span - 1), span - 1) + span - 1)
-        return self.rel_bias[:, index[0], index[1], index[2]]  # [heads, N, N]
 
     def attend(self, x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        bias = self._bias(*shape).to(q.dtype) if self.rel_bias is not None else None
-        return F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), attn_mask=bias)
-
-
-def context_baseline(context: torch.Tensor | None, frames: int, keep: torch.Tensor | None = None):
-    """With `residual_context`, what a chunk is diffused relative to: the context's last latent
-    frame [B, C, 1, h, w] repeated over `frames`, zero for samples without context (`keep` False,
-    or no context at all: a stream's first chunk is diffused as itself). Returns None for none."""
-    if context is None:
-        return None
-    base = context[:, :, -1:].expand(-1, -1, frames, -1, -1)
-    if keep is not None:
-        base = base * keep.view(-1, 1, 1, 1, 1).to(base.dtype)
-    return base
-
-
-# the attributes (world.ATTRIBUTES) whose colours `colour_palette` mixes: object, background (both
-# colours), second object
-PALETTE_SLOTS = tuple(list(ATTRIBUTES).index(name) for name in ("colour", "background_colour", "background_colour_2", "second_colour"))
+        return F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
 
 
 class Denoiser(nn.Module):
@@ -369,8 +319,7 @@ class Denoiser(nn.Module):
         self.mid_blocks = nn.ModuleList(FiLMBlock(w1, cfg.cond_dim, cfg.motion_conv, mv) for _ in range(cfg.blocks1))
         self.cross = nn.ModuleList(TokenCrossAttention(w1, cfg.text_dim, cfg.heads) for _ in range(cfg.blocks1)) \
             if cfg.cross_attn else None
-        span = (cfg.frames_per_chunk, cfg.height // 16, cfg.width // 16) if cfg.rel_pos else None
-        self.attn = nn.ModuleList(ChunkSelfAttention(w1, cfg.heads, span) for _ in range(cfg.blocks1)) \
+        self.attn = nn.ModuleList(ChunkSelfAttention(w1, cfg.heads) for _ in range(cfg.blocks1)) \
             if cfg.self_attn else None
         self.up = nn.ConvTranspose3d(w1, w0, (1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
         self.up_blocks = nn.ModuleList(FiLMBlock(w0, cfg.cond_dim, cfg.motion_conv, mv) for _ in range(cfg.blocks0))
@@ -401,19 +350,6 @@ class Denoiser(nn.Module):
             self.ctx_along = nn.Conv3d(c * cfg.context_frames, w0, (1, 3, 3), padding=(0, 1, 1))
             nn.init.zeros_(self.ctx_along.weight)
             nn.init.zeros_(self.ctx_along.bias)
-        self.palette = self.palette_gate = self.palette_scale = None
-        if cfg.colour_palette:
-            if not cfg.attribute_classes:
-                raise ValueError("colour_palette reads the attribute pooling: it needs attribute_classes")
-            if cfg.residual_context:
-                raise ValueError("colour_palette draws colours; with residual_context the output is a change")
-            # the palette starts at the data's colours (train.palette_from_data), the gate and the
-            # scale at zero: a grown network starts as the same function
-            self.palette = nn.Parameter(torch.zeros(cfg.attribute_classes[PALETTE_SLOTS[0]], c))
-            self.palette_gate = nn.Conv3d(w0, len(PALETTE_SLOTS), (1, 3, 3), padding=(0, 1, 1))
-            nn.init.zeros_(self.palette_gate.weight)
-            nn.init.zeros_(self.palette_gate.bias)
-            self.palette_scale = nn.Parameter(torch.zeros(c))
 
     def attribute_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """The prompt read for the scene's attributes: [B, cond_dim]."""
@@ -422,17 +358,6 @@ class Denoiser(nn.Module):
     def attribute_logits(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """Per attribute (world.ATTRIBUTES order), logits [B, classes] of what the prompt says."""
         return list(self.attr_head(self.attribute_features(tokens)).split(list(self.cfg.attribute_classes), dim=1))
-
-    def colour_hints(self, features: torch.Tensor) -> torch.Tensor:
-        """The prompt's colours as latents (`colour_palette`): for each of `PALETTE_SLOTS`, the
-        attribute classifier's probabilities times the palette: [B, slots, C] (the second object's
-        slot is 0 where the classifier reads none)."""
-        logits = self.attr_head(features).split(list(self.cfg.attribute_classes), dim=1)
-        hints = []
-        for slot in PALETTE_SLOTS:
-            probs = logits[slot].softmax(-1)
-            hints.append(probs[:, probs.shape[1] - len(self.palette):] @ self.palette)  # drops a leading "none"
-        return torch.stack(hints, 1)
 
     MAX_VELOCITY = 0.1  # of the frame per frame; the world's fastest is 0.027
 
@@ -474,11 +399,9 @@ class Denoiser(nn.Module):
         return self.cond_mlp(cond)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, tokens: torch.Tensor, context: torch.Tensor | None,
-                cross_keep: torch.Tensor | None = None, velocity_scale: torch.Tensor | None = None) -> torch.Tensor:
+                cross_keep: torch.Tensor | None = None) -> torch.Tensor:
         """`cross_keep` [B] bool (training): False makes a sample's cross-attention see the empty
-        prompt, so the FiLM path has to carry the prompt alone. `velocity_scale` [B] (sampling: motion
-        guidance): each sample's velocity (`text_velocity`) times this; 0 runs the velocity paths as
-        for a prompt that names no motion, the words staying as they are."""
+        prompt, so the FiLM path has to carry the prompt alone."""
         b, c, t, hh, ww = x.shape
         if sigma.ndim == 0:
             sigma = sigma.expand(b)
@@ -495,8 +418,6 @@ class Denoiser(nn.Module):
         velocity = None
         if self.velocity_head is not None:
             velocity = self.grid_velocity(tokens, hh, ww, features)
-            if velocity_scale is not None:
-                velocity = velocity * velocity_scale[:, None]
             if context is not None:
                 h = h + self.ctx_along(self.moved_context(context, velocity, t))
         for block in self.down_blocks:
@@ -519,10 +440,4 @@ class Denoiser(nn.Module):
         if self.out_film is not None:
             scale, shift = self.out_film(cond)[:, :, None, None, None].chunk(2, dim=1)
             h = h * (1 + scale) + shift
-        h = F.silu(h)
-        v = self.out(h)
-        if self.palette is not None:
-            gate = self.palette_gate(h).softmax(1)  # [B, slots, T, h, w]
-            mix = torch.einsum("bktyx,bkc->bctyx", gate, self.colour_hints(features))
-            v = v - self.palette_scale.view(1, -1, 1, 1, 1) * mix  # v = noise - x0: a part of x0 from the palette
-        return v
+        return self.out(F.silu(h))

@@ -46,11 +46,6 @@ def field_frames(field: torch.Tensor, offset: torch.Tensor, velocity: torch.Tens
     return torch.stack(out, dim=2)
 
 
-def advance(offset: torch.Tensor, velocity: torch.Tensor, field: torch.Tensor, frames: int) -> torch.Tensor:
-    """`offset` after `frames` more frames of `velocity` (see `field_frames`)."""
-    return offset.to(torch.float64).cpu() + frames * _field_pixels(velocity, field)
-
-
 def _field_pixels(velocity: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
     """`velocity` [B, 2] (fractions of the width and height per frame) in `field`'s pixels, on the host."""
     hh, ww = field.shape[-2:]

@@ -4,17 +4,11 @@ moved one gradient step towards the colours the prompt names (object colour on t
 reader takes for object, background colour elsewhere).
 
 Why: the denoiser mixes the colours a prompt names (a blue background drawn towards the object's
-purple, orange towards red; model card, "Where the colours go wrong"), and its first estimate from
+purple, orange towards red; git tag lab-2026-11-27's model card, "Where the colours go wrong"), and its first estimate from
 pure noise already carries the mix. This is classifier guidance (Dhariwal & Nichol 2021) applied to
 the x0 estimate: the reader is trained on the training clips' latents and on the student's own x0
 estimates of them, labelled from the world's ground truth; what the prompt names comes from the
 denoiser's own attribute pooling (the text), never from a scene.
-
-The same reader also ranks noise (`selection_scores`): a chunk can start from one of several noise
-draws, each taken through the first step, and the draw whose x0 estimate the reader finds closest to
-the prompt (its colours, and motion along the velocity the prompt names) is sampled on. This is
-search over the initial noise with a verifier (Ma et al. 2025, "Inference-time scaling for diffusion
-models beyond scaling denoising steps"); the reader is the verifier, the text the only input.
 """
 from __future__ import annotations
 
@@ -23,7 +17,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .networks import translate_chunk
 from .world import COLOURS
 
 IGNORE = -100  # colour label of latent pixels the reader is not taught (cross_entropy's ignore_index)
@@ -32,13 +25,6 @@ AMBIGUOUS_CELL = 0.15  # cells covered more than this but not OBJECT_CELL are le
 BACKGROUND_CELL = 0.02  # cells covered less than this are background
 READER_MIN_SIGMA = 0.9  # guidance on the x0 estimate of the first step only (from pure noise: where the colours are laid out)
 MAX_GUIDANCE = 2.0
-# noise selection (`selection_scores`): a draw whose first estimate the reader finds no object in
-# ranks this far below one it does (colour scores are mean log-probabilities, so of order -1 to 0)
-NO_OBJECT_PENALTY = 5.0
-# weight of the motion score beside the colour score: chosen on held-out prompts 200-299 with 4 draws
-# (1: 74.1%, 2: 74.1%, 4: 73.7%; colour only: 70.6%; model card, "Noise selection")
-SELECTION_MOTION_WEIGHT = 2.0
-MOTION_BORDER = 2  # latent pixels at each edge left out of the motion score (zeros enter there when moved)
 
 
 class ColourReader(nn.Module):
@@ -117,34 +103,3 @@ def guide_x0(reader: ColourReader, x0: torch.Tensor, object_probs: torch.Tensor,
         loss = -(target * colour_logits.log_softmax(1)).sum()
         grad, = torch.autograd.grad(loss, y)
     return (y - eta * grad).detach()
-
-
-def selection_scores(reader: ColourReader, x0: torch.Tensor, object_probs: torch.Tensor, background_probs: torch.Tensor,
-                     velocity: torch.Tensor | None = None, motion_weight: float = SELECTION_MOTION_WEIGHT) -> torch.Tensor:
-    """How well each of N x0 estimates [N, C, T, h, w] matches the prompt, as the reader sees it: [N].
-
-    Colour: the mean, over the latent pixels the reader takes for object, of the log-probability of
-    the prompt's object colour (`object_probs` [N or 1, colours], an expectation over them), plus the
-    same mean over the other pixels for the background colour (`background_probs`); an estimate with
-    no object pixel at all loses NO_OBJECT_PENALTY. Motion, where `velocity` [N or 1, 2] (per frame,
-    `translate`'s fractions) is given: minus `motion_weight` times the log of the ratio between the
-    change from each frame to the next once the frame is moved by the velocity and the change without
-    moving it (inner pixels), so an estimate that moves the way the prompt says gains, one that moves
-    against it loses, and a still prompt (velocity 0) leaves the score as it is."""
-    colour_logits, object_logit = reader(x0)
-    logp = colour_logits.log_softmax(1)
-    on_object = (object_logit > 0).float()  # [N, T, h, w]
-    as_object = (object_probs[:, :, None, None, None] * logp).sum(1)
-    as_background = (background_probs[:, :, None, None, None] * logp).sum(1)
-    dims = (1, 2, 3)
-    n_object = on_object.sum(dim=dims)
-    score = ((as_object * on_object).sum(dim=dims) / n_object.clamp(min=1) - NO_OBJECT_PENALTY * (n_object < 1).float()
-             + (as_background * (1 - on_object)).sum(dim=dims) / (1 - on_object).sum(dim=dims).clamp(min=1))
-    if velocity is not None and motion_weight > 0 and x0.shape[2] > 1:
-        b = MOTION_BORDER
-        inner = (..., slice(b, x0.shape[3] - b), slice(b, x0.shape[4] - b))
-        moved = translate_chunk(x0[:, :, :-1], velocity.expand(x0.shape[0], 2))
-        along = ((x0[:, :, 1:] - moved) ** 2)[inner].mean(dim=(1, 2, 3, 4))
-        still = ((x0[:, :, 1:] - x0[:, :, :-1]) ** 2)[inner].mean(dim=(1, 2, 3, 4))
-        score = score - motion_weight * torch.log(along.clamp(min=1e-12) / still.clamp(min=1e-12))
-    return score

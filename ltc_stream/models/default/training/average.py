@@ -1,4 +1,4 @@
-"""`ltc-stream average-default`: average two default-model folders' networks, parameter by parameter.
+"""`ltc-stream train-default --average FIRST SECOND`: average two default-model folders' networks, parameter by parameter.
 
 Two networks from one training path (a folder, and the same folder trained on) can sample better
 averaged than either alone (weight averaging, as in stochastic weight averaging and model soups):
@@ -12,15 +12,14 @@ train one for the averaged student, which reads it better.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from ...errors import ConfigError, ModelNotFoundError, NonFiniteError
-from .model import LTC_FILE, PACKAGED, READER_FILE, _file_digest, calibrate_command, read_folder_meta, train_reader_command
+from ....errors import ConfigError, ModelNotFoundError, NonFiniteError
+from ..model import LTC_FILE, PACKAGED, _file_digest, read_folder_meta
 
 DENOISER_FILES = ("student.safetensors", "teacher.safetensors")
 SHARED_FILES = ("autoencoder.safetensors",)  # must be the same file in both folders
@@ -55,7 +54,7 @@ def average_folders(first: str | Path, second: str | Path, output: str | Path, w
     from safetensors.torch import save_file
 
     if not 0 < weight < 1:
-        raise ConfigError(f"--weight must be between 0 and 1 (exclusive), got {weight}")
+        raise ConfigError(f"--average-weight must be between 0 and 1 (exclusive), got {weight}")
     first, second = (PACKAGED if str(f) == "default" else Path(f) for f in (first, second))
     output = Path(output)
     if output.resolve() in (first.resolve(), second.resolve()):
@@ -90,23 +89,3 @@ def average_folders(first: str | Path, second: str | Path, output: str | Path, w
                         **{f"{k}_was": m["averaged"] for k, m in zip(("first", "second"), metas) if "averaged" in m}}
     (output / "ltc_model.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta["averaged"]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("first", help="a default-model folder (or 'default'): the output is a copy of it")
-    parser.add_argument("second", help="a default-model folder with the same network and autoencoder")
-    parser.add_argument("--output", required=True, help="a new folder for the average")
-    parser.add_argument("--weight", type=float, default=0.5,
-                        help="the second folder's share (default 0.5: the plain mean)")
-
-
-def main(args: argparse.Namespace) -> int:
-    info = average_folders(args.first, args.second, args.output, args.weight)
-    print(f"[average-default] {args.output}: {', '.join(info['files'])} = {1 - args.weight:g} x {info['first']} "
-          f"+ {args.weight:g} x {info['second']}; the colour reader and sampling settings are {info['first']}'s")
-    if (Path(args.output) / READER_FILE).is_file():
-        # a reader reads the student it was trained on best (model card, "A reader for this network")
-        print(f"[average-default] the colour reader was trained on {info['first']}'s student: train one for the averaged "
-              f"student first, {train_reader_command(args.output)} (~11 min on 2 CPU cores)")
-    print(f"[average-default] LTC is uncalibrated for the new weights: {calibrate_command(args.output)}")
-    return 0
