@@ -1093,3 +1093,20 @@ def test_train_default_average_writes_the_weighted_mean_and_refuses_folders_that
         assert cli.main(argv) == 2, message
         assert message in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_the_folder_names_its_sampler_and_another_is_refused(tmp_path):
+    import json
+    import shutil
+
+    from ltc_stream.errors import ModelNotFoundError
+    from ltc_stream.models.default import PACKAGED, load_default
+
+    assert json.loads((PACKAGED / "ltc_model.json").read_text())["sampling"]["sampler"] == "euler"
+    folder = tmp_path / "m"
+    shutil.copytree(PACKAGED, folder)
+    meta = json.loads((folder / "ltc_model.json").read_text())
+    meta["sampling"]["sampler"] = "renoise"
+    (folder / "ltc_model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelNotFoundError, match="samples with 'euler' only"):
+        load_default(folder, device="cpu")

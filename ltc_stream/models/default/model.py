@@ -136,6 +136,10 @@ class DefaultModel(VideoModel):
         meta, self.net = read_folder_meta(folder)
         meta_path = folder / "ltc_model.json"
         self.folder, self.meta = folder, meta
+        sampler = meta.get("sampling", {}).get("sampler", "euler") if isinstance(meta.get("sampling"), dict) else "euler"
+        if sampler != "euler":  # the student was distilled onto deterministic Euler steps: its one sampler
+            raise ModelNotFoundError(f"{meta_path}: sampling.sampler {sampler!r}: a default-format model samples "
+                                     "with 'euler' only (its student is distilled onto Euler steps)")
         self.device = resolve_device(device)
         self.name = meta.get("name", "default")
         self.height, self.width = self.net.height, self.net.width
