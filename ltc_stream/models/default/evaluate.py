@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError
-from ...ltc import LTCConfig, psnr, sample
+from ...ltc import LTCConfig, psnr, renoise, sample, sample_renoise
 from ...stream import PROMPT_CHANGES, Steering
 from ..base import parse_model_options, split_option
 from .model import LTC_FILE, OPTIONS, load_default, sigma_schedule
@@ -442,16 +442,20 @@ def text_sensitivity(model, n_scenes: int = 16, sigma: float = 0.9, seed: int = 
 def sampler_angles(model, prompts: list[str], seed: int = 7) -> dict:
     """Adjacent-transition angles (rad) of the deterministic Euler sampler and of Self-Forcing's
     re-noising sampler on the same model, prompts and initial noise: LTC's premise is small angles."""
-    from ..causal_wan import renoise_sample, transition_angles
+    from ..causal_wan import transition_angles
 
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.stack([model.encode_prompt(p) for p in prompts])
     x_T = torch.randn(model.latent_shape(len(prompts)), generator=gen)
     den = model.denoiser_fn(tokens, None)
     _, info = sample(den, x_T, model.sigmas, record=True)
-    renoised = [x_T]
-    renoise_sample(den, x_T, list(model.sigmas.tolist() if torch.is_tensor(model.sigmas) else model.sigmas),
-                   torch.Generator().manual_seed(seed + 1), record=renoised)
+    sig = list(model.sigmas.tolist() if torch.is_tensor(model.sigmas) else model.sigmas)
+    noise_gen = torch.Generator().manual_seed(seed + 1)
+    noises = [torch.randn(x_T.shape, generator=noise_gen) for _ in range(len(sig) - 2)]
+    _, rinfo = sample_renoise(den, x_T, sig, noises, record=True)
+    # the states the sampler passes through: x_T, each prediction re-noised to the next sigma, the sample
+    preds = rinfo.trajectory
+    renoised = [x_T] + [renoise(x0, sig[i + 1], noises[i]) for i, x0 in enumerate(preds[:-1])] + [preds[-1]]
     fmt = lambda a: [None if v is None else round(v, 4) for v in a]  # noqa: E731
     return {"euler": fmt(transition_angles(info.trajectory)), "renoise": fmt(transition_angles(renoised))}
 
