@@ -2,6 +2,7 @@
 a known function of the prompt (an independent reference for "the prompt changed the picture")."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -9,6 +10,13 @@ import pytest
 import torch
 
 from ltc_stream.models.base import ChunkResult, VideoModel
+
+# Without a GPU the Triton kernels run in Triton's interpreter. The variable must be set before
+# anything imports triton.language (diffusers does, through torch._dynamo, when a test module
+# imports it at collection), or triton's own helpers are built for the compiler and every
+# interpreted kernel that calls them fails.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 COLOUR_WORDS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (240, 220, 40)}
 
