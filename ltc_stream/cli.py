@@ -142,7 +142,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, ltc: bool = True) ->
     group.add_argument("--dtype", choices=DTYPES, default="auto", metavar="DTYPE",
                        help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
     group.add_argument("--decoder", default=None, metavar="NAME",
-                       help="latent decoder, where the model offers a choice: auto, vae, tiny")
+                       help="auto, vae, tiny (TAEHV for Wan, TAESD for AnimateDiff)")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda where present")
     group.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                        help="a setting the model declares (repeatable; a wrong KEY lists them)")
