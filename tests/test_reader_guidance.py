@@ -158,3 +158,23 @@ def test_retraining_a_folder_turns_off_the_guidance_its_old_reader_was_for(attri
     again = load_model(str(folder), device="cpu")
     assert again.reader is None
 
+
+
+def test_one_training_run_with_reader_makes_a_folder_that_samples_with_guidance(tmp_path):
+    """`train-default --with-reader STEPS`: the network, then its reader, in one command (the shipped
+    design's retrain); the folder then loads with reader guidance on and names its sampler."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "m"
+    run = subprocess.run([sys.executable, "-m", "ltc_stream", "train-default", "--quick", "--text-attributes",
+                          "--with-reader", "3", "--output", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    meta = json.loads((out / "ltc_model.json").read_text())
+    assert (out / "reader.safetensors").is_file()
+    assert meta["sampling"]["sampler"] == "euler" and meta["sampling"]["reader_guidance"] > 0
+    model = load_default(out, device="cpu")
+    assert model.reader_guidance == meta["sampling"]["reader_guidance"]
+    bad = subprocess.run([sys.executable, "-m", "ltc_stream", "train-default", "--quick", "--with-reader", "3",
+                          "--output", str(tmp_path / "n")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--text-attributes" in bad.stderr and not (tmp_path / "n").exists()

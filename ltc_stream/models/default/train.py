@@ -190,6 +190,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only train the colour reader of reader guidance for the trained model in --output for STEPS "
                              "steps (on its training clips and its denoiser's x0 estimates of them; about 1000 steps, "
                              "~10 min on 2 CPU cores) and turn the guidance on in its ltc_model.json, then stop")
+    parser.add_argument("--with-reader", type=int, default=None, metavar="STEPS",
+                        help="after training the network, train its colour reader for STEPS steps and turn reader "
+                             "guidance on (the shipped design: 1200; needs --text-attributes), so one run makes a "
+                             "folder that samples as the packaged one does")
     parser.add_argument("--noise-flow", type=float, default=None, metavar="A",
                         help="flowing noise: each teacher sample and distillation trajectory gets noise of which a share a, "
                              "drawn uniformly in [0, A], is one field moving along the velocity the prompt names, so the "
@@ -269,5 +273,11 @@ def main(args: argparse.Namespace) -> int:
                         **options)
     if args.init_from is not None and not (args.init_from / "ltc_model.json").is_file():
         raise ConfigError(f"--init-from {args.init_from}: not a default-model folder (no ltc_model.json)")
+    if args.with_reader is not None and (args.with_reader < 1 or not text_attributes):
+        raise ConfigError("--with-reader needs STEPS >= 1 and --text-attributes (the reader's guidance takes the "
+                          f"prompt's colours from the attribute pooling), got {args.with_reader} steps"
+                          + ("" if text_attributes else " without --text-attributes"))
     train(cfg, net, args.output, resume=args.resume, init_from=args.init_from, device=args.device)
+    if args.with_reader is not None:
+        train_reader_folder(args.output, args.with_reader, args.threads)
     return 0

@@ -74,7 +74,7 @@ def save_folder(out: Path, net: NetConfig, ae: Autoencoder, teacher: Denoiser | 
         "train": cfg.__dict__,
         # plain noise even for a folder trained with flowing noise: the networks measured sampled
         # best on plain noise (git tag lab-2026-11-27's model card, "Flowing noise")
-        "sampling": {"seam_anchor": SEAM_ANCHOR},
+        "sampling": {"sampler": "euler", "seam_anchor": SEAM_ANCHOR},  # the student is distilled onto Euler steps
         **(extra or {}),
     }
     (out / "ltc_model.json").write_text(json.dumps(meta, indent=2) + "\n")
