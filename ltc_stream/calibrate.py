@@ -25,9 +25,8 @@ import numpy as np
 
 from .cli import add_model_arguments, load_model_from_args
 from .errors import ConfigError
-from .ltc import LTCConfig, LTCWeights
+from .ltc import LTC_FILE, LTCConfig, LTCWeights
 
-LTC_FILE = "ltc_weights.json"
 TAUS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
 # calibration prompts for models that name none of their own (general scenes, not the evaluated ones)
 GENERAL_PROMPTS = ("a red ball rolls to the left", "a blue square moves up over a green field",

@@ -86,6 +86,10 @@ class LTCConfig:
                 raise ConfigError(f"LTC interval must satisfy 0 <= l <= r <= steps, got {self.interval}")
 
 
+# where a model folder keeps its calibrated weights (every loader and `ltc-stream calibrate` use it)
+LTC_FILE = "ltc_weights.json"
+
+
 @dataclass
 class LTCWeights:
     """Per-step calibration: which steps are estimated and with which weight, and why.

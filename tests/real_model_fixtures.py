@@ -116,23 +116,41 @@ def diffusers_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return out
 
 
-def save_tiny_animatediff(folder: Path) -> Path:
-    from diffusers import (AnimateDiffPipeline, AutoencoderKL, EulerDiscreteScheduler, MotionAdapter,
-                           UNet2DConditionModel)
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _tiny_sd_unet():
+    """SD1.5's UNet at toy widths (AnimateDiff's and the Lightning base's); each part draws from the
+    global generator, so the callers keep their draw order."""
+    from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+    return UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
                                 attention_head_dim=4, sample_size=8)
+
+
+def _tiny_sd_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=[8, 8], latent_channels=4, norm_num_groups=4,
+                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+
+
+def _tiny_sd_text_encoder():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=37,
+                                        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
+                                        eos_token_id=2, pad_token_id=0, bos_token_id=2))
+
+
+def save_tiny_animatediff(folder: Path) -> Path:
+    from diffusers import AnimateDiffPipeline, EulerDiscreteScheduler, MotionAdapter
+
+    torch.manual_seed(0)
+    unet = _tiny_sd_unet()
     adapter = MotionAdapter(block_out_channels=(8, 16), motion_layers_per_block=1, motion_norm_num_groups=4,
                             motion_num_attention_heads=2, motion_max_seq_length=32)
-    vae = AutoencoderKL(block_out_channels=[8, 8], latent_channels=4, norm_num_groups=4,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=37,
-                                                num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
-                                                eos_token_id=2, pad_token_id=0, bos_token_id=2))
+    vae = _tiny_sd_vae()
+    text_encoder = _tiny_sd_text_encoder()
     scheduler = EulerDiscreteScheduler(beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
                                        timestep_spacing="trailing")
     pipe = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(77), unet=unet,
@@ -144,19 +162,12 @@ def save_tiny_animatediff(folder: Path) -> Path:
 def save_tiny_sd15(folder: Path) -> Path:
     """A Stable Diffusion 1.5-layout pipeline folder at toy widths (the base AnimateDiff-Lightning's
     motion module is imported onto)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     torch.manual_seed(1)
-    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=4, sample_size=8)
-    vae = AutoencoderKL(block_out_channels=[8, 8], latent_channels=4, norm_num_groups=4,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=37,
-                                                num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
-                                                eos_token_id=2, pad_token_id=0, bos_token_id=2))
+    unet = _tiny_sd_unet()
+    vae = _tiny_sd_vae()
+    text_encoder = _tiny_sd_text_encoder()
     scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(77), unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,

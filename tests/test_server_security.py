@@ -27,7 +27,7 @@ from ltc_stream.errors import ConfigError, NonFiniteError
 from ltc_stream.server import app as server_app
 from ltc_stream.server.app import ServerConfig, StreamServer, parse_ice_server
 
-from ltc_stream.server.bench_load import NonReader
+from ltc_stream.server.bench_load import NonReader, send_pings
 
 from conftest import COLOUR_WORDS, ColourModel
 from test_server_protocol import mean_colour, open_viewer, recv_type, run, start_video, started, wait_for
@@ -240,22 +240,8 @@ def test_floods_and_garbage_close_the_abuser_and_leave_viewers_streaming():
             flooder = await visitor(server, "127.0.0.3")
             await first_message(flooder)
             n = len(frames)
-            replies = []
-
-            async def read():
-                try:
-                    async for raw in flooder:
-                        replies.append(json.loads(raw))
-                except ConnectionClosed:
-                    pass
-            reader = asyncio.create_task(read())
-            for i in range(500):  # far past the rate limit and the error allowance
-                try:
-                    await flooder.send(json.dumps({"type": "ping", "t": i}))
-                except ConnectionClosed:
-                    break
-                await asyncio.sleep(0)
-            await asyncio.wait_for(reader, 10)
+            # far past the rate limit and the error allowance
+            _, replies = await send_pings(flooder, 500, yield_every=1, timeout=10)
             assert flooder.close_code == 1008
             errors = [m["code"] for m in replies if m["type"] == "error"]
             assert "rate_limited" in errors and errors[-1] == "too_many_errors"

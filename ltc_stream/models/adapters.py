@@ -21,11 +21,10 @@ import torch
 
 from ..device import resolve_device
 from ..errors import ConfigError, ModelNotFoundError
-from ..ltc import LTCConfig, LTCWeights, calibrate, calibrate_renoise, make_key
+from ..ltc import LTC_FILE, LTCConfig, LTCWeights, calibrate, calibrate_renoise, make_key
 
 log = logging.getLogger(__name__)
 
-LTC_FILE = "ltc_weights.json"
 SUPPORTED = {"WanPipeline": "causal Wan2.1", "AnimateDiffPipeline": "AnimateDiff(-Lightning)"}
 _CONFIG_FILE = {"scheduler": "scheduler_config.json"}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")

@@ -359,11 +359,9 @@ async def lockout(port: int, server: StreamServer, seconds: float, visitors: int
             "ok": visitors_lost == 0 and held_max <= server.cfg.max_per_address and held}
 
 
-async def flood(port: int, server: StreamServer, messages: int) -> dict:
-    keeper = await Watcher(port, "127.0.0.2").start()
-    await keeper.wait_frames(16, 10)
-    before, t0 = resources(), time.perf_counter()
-    ws = await connect(f"ws://127.0.0.1:{port}/ws", local_addr=("127.0.0.3", 0))
+async def send_pings(ws, messages: int, *, yield_every: int = 1, timeout: float = 15) -> tuple[int, list[dict]]:
+    """Send up to `messages` pings as fast as the socket takes them (yielding to the loop every
+    `yield_every`), reading every reply until the server closes; (pings sent, replies)."""
     replies: list[dict] = []
 
     async def read():
@@ -380,9 +378,18 @@ async def flood(port: int, server: StreamServer, messages: int) -> dict:
         except ConnectionClosed:
             break
         sent += 1
-        if i % 20 == 0:
+        if i % yield_every == 0:
             await asyncio.sleep(0)
-    await asyncio.wait_for(reader, 15)
+    await asyncio.wait_for(reader, timeout)
+    return sent, replies
+
+
+async def flood(port: int, server: StreamServer, messages: int) -> dict:
+    keeper = await Watcher(port, "127.0.0.2").start()
+    await keeper.wait_frames(16, 10)
+    before, t0 = resources(), time.perf_counter()
+    ws = await connect(f"ws://127.0.0.1:{port}/ws", local_addr=("127.0.0.3", 0))
+    sent, replies = await send_pings(ws, messages, yield_every=20, timeout=15)
     t1 = time.perf_counter()
     await keeper.wait_frames(16, 5)
     t2 = time.perf_counter()

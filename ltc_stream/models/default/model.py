@@ -16,7 +16,7 @@ import torch
 
 from ...device import resolve_device
 from ...errors import ConfigError, ModelNotFoundError
-from ...ltc import LTCConfig, LTCWeights, OnlineLTC, calibrate, make_key, sample
+from ...ltc import LTC_FILE, LTCConfig, LTCWeights, OnlineLTC, calibrate, make_key, sample
 from ..base import ChunkResult, ModelOption, VideoModel, parse_model_options
 from .networks import Autoencoder, Denoiser, NetConfig, from_unit
 from .reader import MAX_GUIDANCE, READER_MIN_SIGMA, ColourReader, guide_x0
@@ -26,7 +26,6 @@ from .world import ATTRIBUTES
 log = logging.getLogger(__name__)
 
 PACKAGED = Path(__file__).resolve().parent.parent / "weights" / "default"
-LTC_FILE = "ltc_weights.json"
 # the angle threshold the packaged model's LTC weights were calibrated with (at most one skip of 4 steps)
 CALIBRATION_TAU = 0.3
 # what train-default writes into a new folder's ltc_model.json (sampling.seam_anchor); a folder that
